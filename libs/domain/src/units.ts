@@ -3,6 +3,7 @@ export const KiB = 1024;
 export const MiB = 1024 * KiB;
 export const GiB = 1024 * MiB;
 export const TiB = 1024 * GiB;
+export const PiB = 1024 * TiB;
 
 export function isPowerOfTwo(n: number): boolean {
   if (!Number.isSafeInteger(n) || n <= 0) return false;

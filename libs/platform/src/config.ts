@@ -1,0 +1,94 @@
+import { resolve } from 'node:path';
+import { z } from 'zod';
+
+/**
+ * The one place that reads the environment. Everything else receives the typed
+ * object, so a misspelled or malformed setting fails the boot with its name,
+ * not a request hours later.
+ */
+const port = z.coerce.number().int().min(0).max(65535);
+const optionalPath = z.string().min(1).optional();
+
+const EnvSchema = z
+  .object({
+    MEMPLANE_LISTEN_HOST: z.string().min(1).default('127.0.0.1'),
+    MEMPLANE_HTTP_PORT: port.default(8080),
+    MEMPLANE_GRPC_PORT: port.default(50051),
+    MEMPLANE_DATA_DIR: z.string().min(1).default('.data'),
+    DATABASE_URL: z.string().url().optional(),
+    REDIS_URL: z.string().url().optional(),
+    MEMPLANE_EMBEDDED_PG_PORT: port.default(54329),
+    MEMPLANE_EMBEDDED_REDIS_PORT: port.default(63799),
+    MEMPLANE_BOOTSTRAP_KEY: z.string().regex(/^mp_[A-Za-z0-9]{8}_[A-Za-z0-9_-]{32,}$/, 'must look like mp_<8 alnum>_<32+ url-safe chars>').optional(),
+    MEMPLANE_MAX_BODY_BYTES: z.coerce.number().int().min(1024).max(64 * 1024 * 1024).default(1024 * 1024),
+    MEMPLANE_GRPC_TLS_CERT: optionalPath,
+    MEMPLANE_GRPC_TLS_KEY: optionalPath,
+    MEMPLANE_GRPC_TLS_CLIENT_CA: optionalPath,
+    MEMPLANE_LOG_LEVEL: z.enum(['error', 'warn', 'log', 'debug', 'verbose']).default('log'),
+  })
+  .superRefine((env, ctx) => {
+    if (Boolean(env.MEMPLANE_GRPC_TLS_CERT) !== Boolean(env.MEMPLANE_GRPC_TLS_KEY)) {
+      ctx.addIssue({ code: 'custom', path: ['MEMPLANE_GRPC_TLS_CERT'], message: 'MEMPLANE_GRPC_TLS_CERT and MEMPLANE_GRPC_TLS_KEY go together' });
+    }
+    if (env.MEMPLANE_GRPC_TLS_CLIENT_CA && !env.MEMPLANE_GRPC_TLS_CERT) {
+      ctx.addIssue({ code: 'custom', path: ['MEMPLANE_GRPC_TLS_CLIENT_CA'], message: 'mutual TLS needs MEMPLANE_GRPC_TLS_CERT and MEMPLANE_GRPC_TLS_KEY too' });
+    }
+  });
+
+export interface Secret {
+  readonly secret: true;
+  reveal(): string;
+}
+
+function secret(value: string): Secret {
+  return { secret: true, reveal: () => value, toString: () => '[secret]', toJSON: () => '[secret]' } as Secret;
+}
+
+export interface AppConfig {
+  listenHost: string;
+  httpPort: number;
+  grpcPort: number;
+  dataDir: string;
+  database: { url: Secret } | { embedded: { port: number; dir: string } };
+  redis: { url: Secret } | { embedded: { port: number; dir: string } };
+  bootstrapKey?: Secret;
+  maxBodyBytes: number;
+  grpcTls?: { certPath: string; keyPath: string; clientCaPath?: string };
+  logLevel: 'error' | 'warn' | 'log' | 'debug' | 'verbose';
+}
+
+export class ConfigError extends Error {}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
+  const parsed = EnvSchema.safeParse(env);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
+    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+  }
+  const e = parsed.data;
+  const dataDir = resolve(e.MEMPLANE_DATA_DIR);
+  return {
+    listenHost: e.MEMPLANE_LISTEN_HOST,
+    httpPort: e.MEMPLANE_HTTP_PORT,
+    grpcPort: e.MEMPLANE_GRPC_PORT,
+    dataDir,
+    database: e.DATABASE_URL
+      ? { url: secret(e.DATABASE_URL) }
+      : { embedded: { port: e.MEMPLANE_EMBEDDED_PG_PORT, dir: resolve(dataDir, 'postgres') } },
+    redis: e.REDIS_URL
+      ? { url: secret(e.REDIS_URL) }
+      : { embedded: { port: e.MEMPLANE_EMBEDDED_REDIS_PORT, dir: resolve(dataDir, 'redis') } },
+    ...(e.MEMPLANE_BOOTSTRAP_KEY ? { bootstrapKey: secret(e.MEMPLANE_BOOTSTRAP_KEY) } : {}),
+    maxBodyBytes: e.MEMPLANE_MAX_BODY_BYTES,
+    ...(e.MEMPLANE_GRPC_TLS_CERT && e.MEMPLANE_GRPC_TLS_KEY
+      ? {
+          grpcTls: {
+            certPath: e.MEMPLANE_GRPC_TLS_CERT,
+            keyPath: e.MEMPLANE_GRPC_TLS_KEY,
+            ...(e.MEMPLANE_GRPC_TLS_CLIENT_CA ? { clientCaPath: e.MEMPLANE_GRPC_TLS_CLIENT_CA } : {}),
+          },
+        }
+      : {}),
+    logLevel: e.MEMPLANE_LOG_LEVEL,
+  };
+}

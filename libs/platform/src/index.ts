@@ -1,0 +1,4 @@
+export * from './config';
+export * from './embedded-postgres';
+export * from './embedded-redis';
+export * from './migrations';
