@@ -1,0 +1,41 @@
+import { ConfigError, loadConfig } from '#platform';
+import { startMemplane } from './server';
+
+async function main(): Promise<void> {
+  let config;
+  try {
+    config = loadConfig();
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      console.error(e.message);
+      process.exit(2);
+    }
+    throw e;
+  }
+  const log = (line: string) => console.log(`[memplane] ${line}`);
+  const running = await startMemplane(config, log);
+  log(`migrations applied this start: ${running.appliedMigrations.length ? running.appliedMigrations.join(', ') : 'none (up to date)'}`);
+  log(`REST  ${running.httpUrl}  (OpenAPI ${running.httpUrl}/openapi.json, docs ${running.httpUrl}/docs)`);
+  log(`gRPC  ${running.grpcAddress}${config.grpcTls ? ' (TLS' + (config.grpcTls.clientCaPath ? ', mutual' : '') + ')' : ' (plaintext)'}`);
+  log(`Postgres ${'url' in config.database ? 'external (DATABASE_URL)' : `embedded, data in ${config.database.embedded.dir}`}; Redis ${'url' in config.redis ? 'external (REDIS_URL)' : `local redis-server on port ${config.redis.embedded.port}`}`);
+  if (running.bootstrapKey?.generated) {
+    log('bootstrap admin API key (shown once, stored only as a hash):');
+    console.log(running.bootstrapKey.key);
+  } else if (running.bootstrapKey) {
+    log('bootstrap admin API key registered from MEMPLANE_BOOTSTRAP_KEY');
+  }
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log(`${signal}: shutting down`);
+    void running.stop().then(() => process.exit(0));
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+}
+
+main().catch((e: unknown) => {
+  console.error(`[memplane] failed to start: ${(e as Error)?.stack ?? String(e)}`);
+  process.exit(1);
+});

@@ -1,0 +1,48 @@
+import { Redis } from 'ioredis';
+import { ApiKeyService, HostService, Mutations, PoolService } from '#application';
+import { Database } from '#persistence';
+import type { AppConfig } from '#platform';
+
+/**
+ * Everything a transport needs, built once per process. Transports are thin:
+ * they translate and call these services, so REST, gRPC and the queue intake
+ * validate and behave identically.
+ */
+export class Runtime {
+  readonly mutations: Mutations;
+  readonly hosts: HostService;
+  readonly pools: PoolService;
+  readonly apiKeys: ApiKeyService;
+
+  constructor(
+    readonly config: AppConfig,
+    readonly db: Database,
+    readonly redis: Redis,
+  ) {
+    this.mutations = new Mutations(db);
+    this.hosts = new HostService(this.mutations);
+    this.pools = new PoolService(this.mutations);
+    this.apiKeys = new ApiKeyService(this.mutations);
+  }
+
+  static create(config: AppConfig, urls: { databaseUrl: string; redisUrl: string }): Runtime {
+    const db = new Database({ url: urls.databaseUrl });
+    const redis = new Redis(urls.redisUrl, { lazyConnect: false, maxRetriesPerRequest: 1, enableOfflineQueue: false });
+    redis.on('error', () => undefined); // readiness reports it; do not crash on a Redis blip
+    return new Runtime(config, db, redis);
+  }
+
+  async readiness(): Promise<{ postgres: string; redis: string; ready: boolean }> {
+    const timeout = <T>(p: Promise<T>) => Promise.race([p, new Promise<T>((_, rej) => setTimeout(() => rej(new Error('timeout')), 2000))]);
+    const postgres = await timeout(this.db.ping()).then(() => 'ok', (e: Error) => `unreachable: ${e.message}`);
+    const redis = await timeout(this.redis.ping()).then(() => 'ok', (e: Error) => `unreachable: ${e.message}`);
+    return { postgres, redis, ready: postgres === 'ok' && redis === 'ok' };
+  }
+
+  async close(): Promise<void> {
+    this.redis.disconnect();
+    await this.db.close();
+  }
+}
+
+export const RUNTIME = Symbol('memplane.runtime');
