@@ -27,6 +27,7 @@ export function alignDown(value: number, unit: number): number {
 /** Human form used in error messages: exact, largest binary unit that divides the value. */
 export function formatBytes(bytes: number): string {
   const units: [number, string][] = [
+    [PiB, 'PiB'],
     [TiB, 'TiB'],
     [GiB, 'GiB'],
     [MiB, 'MiB'],

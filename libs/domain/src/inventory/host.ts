@@ -53,8 +53,8 @@ export const MAX_CPU_ID = 8191;
 /** Bounds that keep figures meaningful and inside Postgres int4: a 10 ms memory access or 100 TB/s is not a memory node. */
 export const MAX_LATENCY_NS = 10_000_000;
 export const MAX_BANDWIDTH_MBPS = 100_000_000;
-/** A node of more than 64 PiB is a typo, not a machine. */
-export const MAX_NODE_MEMORY_BYTES = 64 * PiB;
+/** A node of more than 4 PiB is a typo, not a machine (and 4 PiB keeps every sum of a few nodes a safe integer). */
+export const MAX_NODE_MEMORY_BYTES = 4 * PiB;
 /** SLIT entries are one byte; 255 means unreachable, which a usable node never is. */
 export const MAX_DISTANCE = 254;
 

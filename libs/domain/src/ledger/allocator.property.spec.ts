@@ -128,7 +128,8 @@ describe('ledger properties (fast-check)', () => {
   it('after releasing everything the pool is one free extent', () => {
     fc.assert(
       fc.property(scenario, (sc) => {
-        let { state, model } = run(sc);
+        const { state: start, model } = run(sc);
+        let state = start;
         for (const id of model.keys()) state = ledgerRelease(state, id).state;
         const usable = ledgerUsage(state).usableCapacityBytes;
         assert.deepEqual(ledgerFreeExtents(state), [{ offsetBytes: 0, sizeBytes: usable }]);
