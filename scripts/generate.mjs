@@ -27,4 +27,6 @@ run(bin('prisma'), ['generate', '--schema', 'prisma/schema.prisma'], {
   CHECKPOINT_DISABLE: '1',
 });
 run(bin('buf'), ['generate']);
+// The descriptor set that gRPC server reflection serves (real file names and imports).
+run(bin('buf'), ['build', '-o', 'libs/contracts/src/generated/descriptor.binpb']);
 console.log('generated: prisma client, gRPC contracts');

@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Server, ServerCredentials, type handleUnaryCall, type Metadata, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
-import { loadSync } from '@grpc/proto-loader';
+import { Server, ServerCredentials, type handleUnaryCall, type Metadata, type ServerDuplexStream, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import { BinaryReader } from '@bufbuild/protobuf/wire';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import { Logger } from '@nestjs/common';
@@ -54,6 +54,25 @@ export class GrpcRegistry {
     };
   }
 
+  /** A view of the server whose services (added by libraries such as reflection) authenticate every stream first. */
+  authenticatedServer(): Pick<Server, 'addService'> {
+    return {
+      addService: (definition: ServiceDefinition, impl: UntypedServiceImplementation) => {
+        const wrapped: UntypedServiceImplementation = {};
+        for (const [name, handler] of Object.entries(impl)) {
+          wrapped[name] = ((call: ServerDuplexStream<unknown, unknown>) => {
+            const { correlationId, authenticate } = this.context(call.metadata);
+            authenticate().then(
+              () => (handler as (c: typeof call) => void)(call),
+              (err: unknown) => call.emit('error', toServiceError(err, correlationId, (m) => this.logger.error(m))),
+            );
+          }) as UntypedServiceImplementation[string];
+        }
+        this.server.addService(definition, wrapped);
+      },
+    };
+  }
+
   add(definition: ServiceDefinition, impl: UntypedServiceImplementation): void {
     this.server.addService(definition, impl);
     const first = Object.values(definition)[0] as { path: string } | undefined;
@@ -66,6 +85,18 @@ function credentials(config: AppConfig): ServerCredentials {
   if (!tls) return ServerCredentials.createInsecure();
   const ca = tls.clientCaPath ? readFileSync(tls.clientCaPath) : null;
   return ServerCredentials.createSsl(ca, [{ private_key: readFileSync(tls.keyPath), cert_chain: readFileSync(tls.certPath) }], Boolean(ca));
+}
+
+/** Splits a FileDescriptorSet (field 1: repeated FileDescriptorProto) into its encoded files. */
+function fileDescriptors(path: string): Buffer[] {
+  const reader = new BinaryReader(readFileSync(path));
+  const files: Buffer[] = [];
+  while (reader.pos < reader.len) {
+    const [field, wireType] = reader.tag();
+    if (field === 1) files.push(Buffer.from(reader.bytes()));
+    else reader.skip(wireType);
+  }
+  return files;
 }
 
 export interface RunningGrpc {
@@ -83,10 +114,13 @@ export async function startGrpc(rt: Runtime, config: AppConfig): Promise<Running
   health.addToServer(server);
 
   // Server reflection describes the public contract, straight from proto/.
-  const protoDir = join(projectRoot(), 'proto');
-  const files = readdirSync(join(protoDir, 'memplane', 'v1')).filter((f) => f.endsWith('.proto')).map((f) => `memplane/v1/${f}`);
-  const definition = loadSync(files, { includeDirs: [protoDir], keepCase: true, longs: String, enums: String, defaults: true, oneofs: true });
-  new ReflectionService(definition).addToServer(server);
+  // It serves the descriptor set buf built from proto/ (real file names and imports,
+  // so grpcurl and other clients can resolve google.protobuf types), and asks for a key
+  // like every other call but health.
+  const descriptors = fileDescriptors(join(projectRoot(), 'libs', 'contracts', 'src', 'generated', 'descriptor.binpb'));
+  new ReflectionService({ memplane: { fileDescriptorProtos: descriptors } } as unknown as ConstructorParameters<typeof ReflectionService>[0]).addToServer(
+    registry.authenticatedServer(),
+  );
 
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${config.listenHost}:${config.grpcPort}`, credentials(config), (err, p) => (err ? reject(err) : resolve(p))),
