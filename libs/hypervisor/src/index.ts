@@ -1,0 +1,6 @@
+export * from './driver';
+export * from './errors';
+export * from './memory-devices';
+export * from './qemu-launcher';
+export * from './qga-client';
+export * from './qmp-client';
