@@ -103,7 +103,22 @@ describe('SRAT placement: every CXL node is an HMAT target', () => {
         [4, 4, 'hotplug-region', 0, undefined],
       ],
     );
+    // Node 4's only memory is a DIMM cold-plugged at launch: 6.12 onlines it before HMAT tiering
+    // exists and leaves it in the DRAM tier (seen on a real guest, topology-guests.e2e-spec.ts).
+    assert.deepEqual(
+      topo.tiers.nodes.map((n) => [n.guestNodeId, n.source]),
+      [[0, 'hmat'], [1, 'hmat'], [2, 'hmat'], [3, 'hmat'], [4, 'default']],
+    );
+    assert.match(topo.tiers.nodes[4]!.reason, /cold-plugged at launch/);
+    assert.ok(topo.warnings.some((w) => /guest node 4 gets the DRAM tier/.test(w)), topo.warnings.join('\n'));
+  });
+
+  it('a node whose DIMM is hotplugged after boot keeps its HMAT tier', () => {
+    const input = threeClasses();
+    input.groups = input.groups.map((g) => (g.id === 'dimm-4' ? { ...g, plugged: false } : g));
+    const topo = compileTopology(input);
     assert.ok(topo.tiers.nodes.every((n) => n.source === 'hmat'));
+    assert.ok(!topo.warnings.some((w) => /gets the DRAM tier/.test(w)));
   });
 
   it('boot-memory policy anchors every CXL node', () => {

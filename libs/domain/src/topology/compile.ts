@@ -42,6 +42,8 @@ export function compileTopology(input: TopologyInput): Topology {
       hasBootMemory: n.bootMemoryBytes > 0,
       hmatTarget,
       access1: cellAt(n.initiatorGuestNodeId, n.guestNodeId)?.guest ?? null,
+      firstMemoryFromBootDimm:
+        n.bootMemoryBytes === 0 && devicePlan.devices.some((d) => d.plugged && d.model === 'pc-dimm' && d.guestNodeId === n.guestNodeId),
     };
   });
   const tiers = predictTiers(vm.kernelProfile, tierInputs, distances);
@@ -56,6 +58,14 @@ export function compileTopology(input: TopologyInput): Topology {
     warnings.push(`HMAT bandwidths rounded to multiples of ${hmat.rounding.bandwidthGranularityMBps} MiB/s to fit 16 bits`);
   if (vm.kernelProfile !== 'linux-6.1' && !tiers.hmatTiering.enabled) warnings.push(`HMAT-based tiering disabled: ${tiers.hmatTiering.reason}`);
   warnings.push(...devicePlan.warnings);
+  for (const t of tiers.nodes) {
+    const input = tierInputs.find((x) => x.nodeId === t.guestNodeId);
+    if (vm.kernelProfile !== 'linux-6.1' && tiers.hmatTiering.enabled && input?.firstMemoryFromBootDimm)
+      warnings.push(
+        `guest node ${t.guestNodeId} gets the DRAM tier, not its HMAT tier: its first memory is a DIMM plugged at launch. ` +
+          `Plug its groups after boot, or give the node boot memory (policy.cxlSratPlacement 'boot-memory')`,
+      );
+  }
 
   return {
     vmName: vm.name,

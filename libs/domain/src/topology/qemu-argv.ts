@@ -15,6 +15,12 @@ export interface QemuLaunchOptions {
   append?: string;
   /** Appended verbatim at the end (display, disks, network…). */
   extraArgs?: string[];
+  /**
+   * `bind` (default): every RAM backend is bound to its host node (`host-nodes`, `policy=bind`).
+   * `none`: no binding, for a machine that does not have the modelled host nodes (a test
+   * machine standing in for a CXL host); the guest topology and HMAT are unchanged.
+   */
+  hostNodeBinding?: 'bind' | 'none';
 }
 
 export const QGA_PORT_NAME = 'org.qemu.guest_agent.0';
@@ -37,14 +43,14 @@ export function escapeOptValue(value: string): string {
   return value.replace(/,/g, ',,');
 }
 
-export function renderBackendOption(b: MemoryBackend): string {
+export function renderBackendOption(b: MemoryBackend, hostNodeBinding: 'bind' | 'none' = 'bind'): string {
   const parts = [b.type, `id=${b.id}`, `size=${qemuSize(b.sizeBytes)}`];
   if (b.type === 'memory-backend-file') {
     parts.push(`mem-path=${escapeOptValue(b.memPath ?? '')}`, `share=${b.share ? 'on' : 'off'}`);
     if (b.alignBytes !== undefined) parts.push(`align=${qemuSize(b.alignBytes)}`);
     if (b.pmem) parts.push('pmem=on');
   }
-  if (b.bindHostNode) parts.push(`host-nodes=${b.hostNodeId}`, 'policy=bind');
+  if (b.bindHostNode && hostNodeBinding === 'bind') parts.push(`host-nodes=${b.hostNodeId}`, 'policy=bind');
   if (b.reserve) parts.push('reserve=off');
   return parts.join(',');
 }
@@ -90,7 +96,8 @@ export function renderQemuArgv(topology: Topology, options: QemuLaunchOptions = 
   }
   push('-m', mem.join(','));
 
-  for (const node of topology.guestNodes) if (node.bootBackend) push('-object', renderBackendOption(node.bootBackend));
+  const binding = options.hostNodeBinding ?? 'bind';
+  for (const node of topology.guestNodes) if (node.bootBackend) push('-object', renderBackendOption(node.bootBackend, binding));
   for (const node of topology.guestNodes) {
     const parts = ['node', `nodeid=${node.guestNodeId}`];
     if (node.vcpuIds.length > 0) parts.push(`cpus=${cpuRange(node.vcpuIds)}`);
@@ -124,7 +131,7 @@ export function renderQemuArgv(topology: Topology, options: QemuLaunchOptions = 
   for (const p of topology.pciePorts) push('-device', `pcie-root-port,id=${p.id},chassis=${p.chassis}`);
   for (const d of topology.memoryDevices) {
     if (!d.plugged) continue;
-    push('-object', renderBackendOption(d.backend));
+    push('-object', renderBackendOption(d.backend, binding));
     push('-device', renderMemoryDeviceOption(d));
   }
 
@@ -154,7 +161,12 @@ export interface QmpCommand {
  * backend and device the launch argv would have used. On q35 a virtio-mem device needs `bus`,
  * one of the free spare root ports (topology.pciePorts with purpose `spare`).
  */
-export function memoryDeviceHotplugCommands(topology: Topology, groupId: string, bus?: string): [QmpCommand, QmpCommand] {
+export function memoryDeviceHotplugCommands(
+  topology: Topology,
+  groupId: string,
+  bus?: string,
+  hostNodeBinding: 'bind' | 'none' = 'bind',
+): [QmpCommand, QmpCommand] {
   const d = topology.memoryDevices.find((x) => x.groupId === groupId);
   if (!d) throw DomainError.notFound('memoryGroup', groupId);
   const b = d.backend;
@@ -163,7 +175,7 @@ export function memoryDeviceHotplugCommands(topology: Topology, groupId: string,
     Object.assign(backendArgs, { 'mem-path': b.memPath, share: b.share, pmem: b.pmem });
     if (b.alignBytes !== undefined) backendArgs['align'] = b.alignBytes;
   }
-  if (b.bindHostNode) Object.assign(backendArgs, { 'host-nodes': [b.hostNodeId], policy: 'bind' });
+  if (b.bindHostNode && hostNodeBinding === 'bind') Object.assign(backendArgs, { 'host-nodes': [b.hostNodeId], policy: 'bind' });
   if (b.reserve) backendArgs['reserve'] = false;
   const deviceArgs: Record<string, unknown> = { driver: d.model, id: d.deviceId, memdev: b.id, node: d.guestNodeId };
   if (d.model === 'virtio-mem-pci') {

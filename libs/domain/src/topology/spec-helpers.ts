@@ -44,7 +44,7 @@ export function oneCxlInput(dram: PerfValues, cxl: PerfValues, profile: KernelPr
       sparePciePorts: 0,
     },
     pools: [{ id: 'pool-a', hostNodeId: 1, memoryType: 'VOLATILE' }],
-    groups: [staticGroup('g1', 'pool-a', 256 * MiB)],
+    groups: [staticGroup('g1', 'pool-a', 256 * MiB, { plugged: false })],
   };
 }
 

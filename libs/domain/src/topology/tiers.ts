@@ -108,6 +108,11 @@ export interface TierNodeInput {
   hmatTarget: boolean;
   /** HMAT access1 values as the guest decoded them; null if the table gives none. */
   access1: PerfValues | null;
+  /**
+   * No boot memory, but pc-dimms cold-plugged on the command line: the ACPI memory hotplug
+   * driver onlines them during boot, before the HMAT adistance algorithm exists.
+   */
+  firstMemoryFromBootDimm?: boolean;
 }
 
 /**
@@ -168,6 +173,14 @@ export function predictTiers(profile: KernelProfile, nodes: TierNodeInput[], dis
     });
     if (!hmatTiering.enabled || !reference) return fallback(hmatTiering.reason);
     if (!n.hmatTarget || !n.access1) return fallback('no HMAT target (no SRAT memory-affinity entry): default adistance 576');
+    // Observed on Debian's 6.12 guest under QEMU 7.2 (libs/testing/src/topology-guests.e2e-spec.ts):
+    // a node whose first memory is a DIMM given on the command line is onlined by the ACPI
+    // memory hotplug driver while devices are probed, before memory_tier_late_init registers
+    // the HMAT adistance algorithm; memtier_hotplug_callback then fixes its type at the
+    // default, and a node's tier never changes while it has memory. The same DIMM hotplugged
+    // after boot gets the HMAT tier.
+    if (n.firstMemoryFromBootDimm)
+      return fallback('its first memory is a pc-dimm cold-plugged at launch, onlined during boot before HMAT tiering is registered: default adistance 576');
     const r = mtPerfToAdistance(n.access1, reference.perf);
     if (!r.ok) return fallback(`mt_perf_to_adistance -EINVAL: ${r.reason}; default adistance 576`);
     return {
