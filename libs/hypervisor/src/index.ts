@@ -1,5 +1,6 @@
 export * from './driver';
 export * from './errors';
+export * from './guest-memory-zones';
 export * from './memory-devices';
 export * from './qemu-launcher';
 export * from './qga-client';

@@ -20,6 +20,10 @@ export interface GuestMemoryBlockResponse {
   response: GuestMemoryBlockResult;
   /** errno from the guest's write to `state`, when the response is a failure. */
   errorCode?: number;
+  /** Readable reason for a failure (zone-exact onlining and offlining fill it in). */
+  message?: string;
+  /** The zone the block is in after a zone-exact online ("Movable", "Normal", ...). */
+  zone?: string;
 }
 
 export interface GuestExecResult {

@@ -4,8 +4,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import {
   LocalHypervisorDriver,
+  QemuProcess,
   type GuestExecResult,
-  type QemuProcess,
+  type QemuPaths,
   type QgaClient,
   type QmpClient,
 } from '#hypervisor';
@@ -38,6 +39,11 @@ export interface BootGuestOptions {
   memhpDefaultState?: 'offline' | 'online' | 'online_kernel' | 'online_movable' | null;
   vmId?: string;
   bootTimeoutMs?: number;
+  /**
+   * Launch QEMU detached (own session, pidfile, outlives this process) and leave it out of
+   * the SIGINT/SIGTERM clean-up: for crash-safety tests that re-attach from another process.
+   */
+  detached?: boolean;
 }
 
 export interface BootedGuest {
@@ -50,6 +56,8 @@ export interface BootedGuest {
   qga: QgaClient;
   dir: string;
   logFile: string;
+  /** The paths QEMU was launched with (with the pidfile of a detached launch). */
+  paths: QemuPaths;
   /** Wall time from spawn to the guest agent answering. */
   bootMs: number;
   /** `cat <path>` in the guest (sysfs, procfs); throws unless it exits 0. */
@@ -154,7 +162,7 @@ export async function bootGuest(opts: BootGuestOptions): Promise<BootedGuest> {
   const driver = new LocalHypervisorDriver({ killOnExit: true });
   const started = Date.now();
   try {
-    await driver.launch(vmId, argv, paths, { guestAgentTimeoutMs: opts.bootTimeoutMs ?? 120_000 });
+    await driver.launch(vmId, argv, paths, { guestAgentTimeoutMs: opts.bootTimeoutMs ?? 120_000, detached: opts.detached ?? false });
   } catch (err) {
     // The launcher already killed QEMU; keep the log (kernel oops, QEMU error) for the reader.
     if (err instanceof Error) err.message += `\n(full guest log kept in ${paths.logFile})`;
@@ -162,7 +170,8 @@ export async function bootGuest(opts: BootGuestOptions): Promise<BootedGuest> {
   }
   const bootMs = Date.now() - started;
   const proc = driver.process(vmId);
-  live.add(proc);
+  if (!(proc instanceof QemuProcess)) throw new Error(`VM ${vmId} was not launched by this driver`);
+  if (!opts.detached) live.add(proc);
   const qga = proc.qga;
 
   const exec = (cmd: string, args: readonly string[] = [], o: { timeoutMs?: number } = {}): Promise<GuestExecResult> =>
@@ -178,6 +187,7 @@ export async function bootGuest(opts: BootGuestOptions): Promise<BootedGuest> {
     qga,
     dir,
     logFile: paths.logFile,
+    paths: proc.paths,
     bootMs,
     exec,
     async readGuestFile(file: string): Promise<string> {

@@ -1,0 +1,97 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { DomainError } from '#domain';
+import { errnoFromMessage, onlineBlocksInZone, parseScriptLines, readBlockZones, zoneSatisfies } from './guest-memory-zones';
+import type { GuestExecResult, QgaChannel } from './qga-client';
+import { defaultPidFile, probeQemuPid } from './qemu-launcher';
+
+/** A guest agent whose guest-exec prints `stdout`; records what it was asked to run. */
+function fakeAgent(stdout: string, exitCode = 0): QgaChannel & { calls: { path: string; args: readonly string[] }[] } {
+  const calls: { path: string; args: readonly string[] }[] = [];
+  const unused = (): never => {
+    throw new Error('not used');
+  };
+  return {
+    calls,
+    execute: unused,
+    ping: unused,
+    getMemoryBlocks: unused,
+    setMemoryBlocks: unused,
+    getMemoryBlockSizeBytes: unused,
+    readFile: unused,
+    async exec(path: string, args: readonly string[] = []): Promise<GuestExecResult> {
+      calls.push({ path, args });
+      return { exitCode, signal: undefined, stdout: Buffer.from(stdout), stderr: Buffer.from(exitCode ? 'boom' : ''), truncated: false };
+    },
+  };
+}
+
+describe('guest memory zones (shell protocol)', () => {
+  it('parses one line per block, keeping "|" inside the message', () => {
+    const lines = parseScriptLines('32|ok|Movable|\n33|failed||sh: write error: a|b\nnoise\n');
+    assert.deepEqual([...lines.keys()], [32, 33]);
+    assert.deepEqual(lines.get(33), { physIndex: 33, status: 'failed', a: '', b: 'sh: write error: a|b' });
+  });
+
+  it('maps shell write errors to errno', () => {
+    assert.deepEqual(errnoFromMessage('sh: write error: Device or resource busy'), { errorCode: 16, errno: 'EBUSY' });
+    assert.deepEqual(errnoFromMessage('bash: echo: write error: Invalid argument'), { errorCode: 22, errno: 'EINVAL' });
+    assert.equal(errnoFromMessage('dash: 1: echo: echo: I/O error'), undefined);
+  });
+
+  it('knows which zones satisfy which online type', () => {
+    assert.equal(zoneSatisfies('online_movable', 'Movable'), true);
+    assert.equal(zoneSatisfies('online_movable', 'Normal'), false);
+    assert.equal(zoneSatisfies('online_kernel', 'Normal'), true);
+    assert.equal(zoneSatisfies('online_kernel', 'DMA32'), true);
+    assert.equal(zoneSatisfies('online_kernel', 'Movable'), false);
+    assert.equal(zoneSatisfies('online', 'Movable'), true);
+  });
+
+  it('onlines with one sh -c for all blocks and answers per block, in order', async () => {
+    const qga = fakeAgent(
+      ['40|already|Normal|', '33|failed||sh: write error: Device or resource busy', '32|ok|Movable|', '41|already|Movable|', '99|not-found||'].join('\n'),
+    );
+    const r = await onlineBlocksInZone(qga, [32, 33, 40, 41, 99], 'online_movable');
+    assert.equal(qga.calls.length, 1);
+    assert.equal(qga.calls[0]!.path, 'sh');
+    assert.deepEqual(qga.calls[0]!.args.slice(2), ['sh', 'online_movable', '32', '33', '40', '41', '99']);
+    assert.deepEqual(r[0], { physIndex: 32, response: 'success', zone: 'Movable' });
+    assert.deepEqual(
+      [r[1]!.response, r[1]!.errorCode, r[1]!.message],
+      ['operation-failed', 16, 'write online_movable to memory33/state: sh: write error: Device or resource busy'],
+    );
+    assert.deepEqual([r[2]!.response, r[2]!.zone], ['operation-failed', 'Normal']);
+    assert.deepEqual(r[3], { physIndex: 41, response: 'success', zone: 'Movable' });
+    assert.equal(r[4]!.response, 'not-found');
+  });
+
+  it('reads state and zones: the zone of an online block, the candidates of an offline one', async () => {
+    const qga = fakeAgent('1|present|online|DMA32\n32|present|offline|Normal Movable\n7|absent||\n');
+    assert.deepEqual(await readBlockZones(qga, [1, 32, 7]), [
+      { physIndex: 1, present: true, online: true, state: 'online', zone: 'DMA32' },
+      { physIndex: 32, present: true, online: false, state: 'offline', validZones: ['Normal', 'Movable'] },
+      { physIndex: 7, present: false, online: false },
+    ]);
+  });
+
+  it('fails loudly when the guest script fails or skips a block', async () => {
+    await assert.rejects(readBlockZones(fakeAgent('', 127), [1]), (e: unknown) => e instanceof DomainError && e.reason === 'GUEST_EXEC_FAILED');
+    await assert.rejects(readBlockZones(fakeAgent('1|absent||\n'), [1, 2]), /printed nothing for memory2/);
+    await assert.rejects(readBlockZones(fakeAgent(''), [-1]), (e: unknown) => e instanceof DomainError && e.code === 'INVALID_ARGUMENT');
+  });
+});
+
+describe('QEMU pid probe', () => {
+  it('tells a gone pid from a live process that is not QEMU', () => {
+    const dead = spawnSync('true').pid!;
+    assert.equal(probeQemuPid(dead).state, 'gone');
+    assert.equal(probeQemuPid(process.pid).state, 'other-process');
+  });
+
+  it('puts the default pidfile next to the QMP socket', () => {
+    assert.equal(defaultPidFile('/run/vm1/qmp.sock'), '/run/vm1/qmp.pid');
+    assert.equal(defaultPidFile('/run/vm1/monitor'), '/run/vm1/monitor.pid');
+  });
+});

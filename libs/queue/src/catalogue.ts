@@ -1,0 +1,33 @@
+/**
+ * The job catalogue: queue names, job names and their payloads. Operations carry only
+ * their id: the worker re-reads desired and observed state, so a stale or duplicated job
+ * cannot carry stale intent.
+ */
+export const OPERATIONS_QUEUE = 'memplane-operations';
+/** Automation intake: versioned JSON requests, answered with the operation id (README, schemas/). */
+export const REQUESTS_QUEUE = 'memplane-requests';
+
+export const EXECUTE_OPERATION = 'execute-operation';
+
+export interface ExecuteOperationJob {
+  operationId: string;
+  vmId: string;
+}
+
+/** Deterministic, so the outbox dispatcher and the API's fast path never enqueue twice. */
+export function operationJobId(operationId: string): string {
+  return `op-${operationId}`;
+}
+
+export function redisConnection(url: string): { host: string; port: number; password?: string; username?: string; db?: number; maxRetriesPerRequest: null } {
+  const u = new URL(url);
+  return {
+    host: u.hostname,
+    port: Number(u.port || 6379),
+    ...(u.password ? { password: decodeURIComponent(u.password) } : {}),
+    ...(u.username ? { username: decodeURIComponent(u.username) } : {}),
+    ...(u.pathname.length > 1 ? { db: Number(u.pathname.slice(1)) } : {}),
+    // BullMQ workers block on Redis; they must not give up after a few retries.
+    maxRetriesPerRequest: null,
+  };
+}
