@@ -49,13 +49,36 @@ function migrationList() {
 
 const filters = { externalTables: [], externalEnums: [] };
 
+// @prisma/adapter-pg runs a migration script by splitting it on every ";", which
+// breaks statements that contain one (function bodies in dollar quotes). Send the
+// whole script as one simple-protocol query instead, as Prisma's native engine does:
+// Postgres parses it (dollar quoting included) and runs it as one implicit transaction.
+class WholeScriptPg extends PrismaPg {
+  async connect() {
+    return wholeScripts(await super.connect());
+  }
+  async connectToShadowDb() {
+    return wholeScripts(await super.connectToShadowDb());
+  }
+}
+function wholeScripts(adapter) {
+  adapter.executeScript = async (script) => {
+    try {
+      await adapter.underlyingDriver().query(script);
+    } catch (error) {
+      adapter.onError(error);
+    }
+  };
+  return adapter;
+}
+
 async function engineFor(url) {
   const schema = readFileSync(schemaPath, 'utf8');
   const logs = [];
   const engine = await SchemaEngine.new(
     { datamodels: [[schemaPath, schema]] },
     (line) => logs.push(line),
-    bindMigrationAwareSqlAdapterFactory(new PrismaPg({ connectionString: url })),
+    bindMigrationAwareSqlAdapterFactory(new WholeScriptPg({ connectionString: url })),
   );
   return engine;
 }

@@ -1,5 +1,5 @@
 import { Redis } from 'ioredis';
-import { ApiKeyService, HostService, Mutations, PoolService } from '#application';
+import { ApiKeyService, HostService, LedgerService, MemoryGroupService, Mutations, OperationService, PoolService, TopologyService, VmService } from '#application';
 import { Database } from '#persistence';
 import type { AppConfig } from '#platform';
 
@@ -13,6 +13,11 @@ export class Runtime {
   readonly hosts: HostService;
   readonly pools: PoolService;
   readonly apiKeys: ApiKeyService;
+  readonly vms: VmService;
+  readonly memoryGroups: MemoryGroupService;
+  readonly operations: OperationService;
+  readonly ledger: LedgerService;
+  readonly topology: TopologyService;
 
   constructor(
     readonly config: AppConfig,
@@ -23,6 +28,11 @@ export class Runtime {
     this.hosts = new HostService(this.mutations);
     this.pools = new PoolService(this.mutations);
     this.apiKeys = new ApiKeyService(this.mutations);
+    this.vms = new VmService(this.mutations);
+    this.memoryGroups = new MemoryGroupService(this.mutations);
+    this.operations = new OperationService(this.mutations);
+    this.ledger = new LedgerService(this.mutations);
+    this.topology = new TopologyService(this.mutations);
   }
 
   static create(config: AppConfig, urls: { databaseUrl: string; redisUrl: string }): Runtime {

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { credentials, loadPackageDefinition, status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { protoPath as healthProto } from 'grpc-health-check';
+import { FileDescriptorProto } from 'protobufjs/ext/descriptor';
 import { HostServiceClient, ListHostsRequest } from '#contracts/generated/memplane/v1/host';
 import { call, grpcMetadata, insecure, startTestApi, type TestApi } from './harness';
 
@@ -60,8 +61,7 @@ describe('gRPC health and reflection', () => {
     stream2.write({ file_containing_symbol: 'memplane.v1.PoolService' });
     const files = (await answer2).file_descriptor_response.file_descriptor_proto as Buffer[];
     stream2.end();
-    const { FileDescriptorProto } = require('protobufjs/ext/descriptor') as any;
-    const decoded = files.map((b: Buffer) => FileDescriptorProto.decode(b));
+    const decoded = files.map((b: Buffer) => FileDescriptorProto.decode(b) as unknown as { name: string; dependency: string[] });
     const pool = decoded.find((f: { name: string }) => f.name === 'memplane/v1/pool.proto');
     assert.ok(pool, decoded.map((f: { name: string }) => f.name).join(','));
     assert.ok(pool.dependency.includes('google/protobuf/timestamp.proto'), pool.dependency.join(','));

@@ -1,5 +1,5 @@
 import { authorize, checkEtag, DomainError, resolveUpdateMask, validateHostSpec, type Host, type HostSpec, type HostState } from '#domain';
-import { HostRepository, PoolRepository } from '#persistence';
+import { HostRepository, PoolRepository, VmRepository } from '#persistence';
 import type { CallContext } from './context';
 import type { Mutations } from './mutations';
 import { pageToken, parsePageRequest, type Page } from './pagination';
@@ -10,6 +10,7 @@ const KNOWN = ['name', 'uid', 'etag', 'createTime', 'updateTime', ...UPDATABLE];
 export class HostService {
   private readonly hosts = new HostRepository();
   private readonly pools = new PoolRepository();
+  private readonly vms = new VmRepository();
 
   constructor(private readonly mutations: Mutations) {}
 
@@ -61,6 +62,10 @@ export class HostService {
     await this.mutations.run(ctx, { method: 'DeleteHost', resource: `hosts/${name}`, requestId, request: { name, etag } }, async (tx) => {
       const current = await this.hosts.lock(tx, name);
       checkEtag('host', name, etag, current.etag);
+      const vms = await this.vms.countOnHost(tx, current.uid);
+      if (vms > 0) {
+        throw DomainError.precondition('HOST_HAS_VMS', `host ${name} still has ${vms} VM(s); delete them first`, { vms: String(vms) });
+      }
       const pools = await this.pools.countOnHost(tx, current.uid);
       if (pools > 0) {
         throw DomainError.precondition('HOST_HAS_POOLS', `host ${name} still has ${pools} pool(s); delete them first`, { pools: String(pools) });

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { DomainError } from '#domain';
-import { AuditRepository, Database, IdempotencyRepository, type Tx } from '#persistence';
+import { AuditRepository, Database, IdempotencyRepository, MutationLogRepository, type Sql, type Tx } from '#persistence';
 import type { CallContext } from './context';
 
 export interface MutationSpec {
@@ -16,12 +16,28 @@ export interface MutationSpec {
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
-/** JSON that keeps Dates: they are written as {"$date": iso} and revived on replay. */
+/**
+ * JSON that keeps Dates: they are written as {"$date": iso} and revived on
+ * replay. Otherwise JSON's own rules (undefined and functions dropped, in
+ * arrays written as null); one walk instead of a stringify/parse round trip.
+ */
 function toStored(value: unknown): unknown {
-  return JSON.parse(JSON.stringify(value ?? null, function (this: Record<string, unknown>, key, v) {
-    const raw = this[key];
-    return raw instanceof Date ? { $date: raw.toISOString() } : v;
-  }));
+  return storable(value ?? null) ?? null;
+}
+
+function storable(v: unknown): unknown {
+  if (v instanceof Date) return { $date: v.toISOString() };
+  if (Array.isArray(v)) return v.map((x) => storable(x) ?? null);
+  if (v !== null && typeof v === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v)) {
+      const s = storable(x);
+      if (s !== undefined) out[k] = s;
+    }
+    return out;
+  }
+  if (typeof v === 'function' || typeof v === 'symbol') return undefined;
+  return v;
 }
 
 function fromStored<T>(value: unknown): T {
@@ -32,6 +48,26 @@ function fingerprint(method: string, request: unknown): string {
   return createHash('sha256').update(method).update('\0').update(JSON.stringify(toStored(request))).digest('hex');
 }
 
+/** The answer record a service may write itself, in its last statement. */
+export interface AnswerRecord {
+  principal: string;
+  method: string;
+  requestId: string;
+  fingerprint: string;
+  /** The stored answer, already serialized (callers take it before their locks). */
+  responseJson: string;
+}
+
+export interface MutationScope {
+  /** Hands the answer record for `result` to the caller (undefined without a request_id); the caller must write it. */
+  takeAnswer(result: unknown): AnswerRecord | undefined;
+}
+
+/** Thrown inside a raw-SQL mutation to roll it back and answer a replayed request_id. */
+class Replayed {
+  constructor(readonly answer: { found: true; value: unknown } | { found: false }) {}
+}
+
 /**
  * Every change goes through here: one transaction holds the change, its audit
  * record and (with a request_id) the answer a retry will get (AIP-155).
@@ -39,6 +75,7 @@ function fingerprint(method: string, request: unknown): string {
 export class Mutations {
   private readonly audit = new AuditRepository();
   private readonly idempotency = new IdempotencyRepository();
+  private readonly log = new MutationLogRepository();
 
   constructor(readonly db: Database) {}
 
@@ -76,6 +113,75 @@ export class Mutations {
       }
       throw e;
     }
+  }
+
+  /**
+   * The same contract on the raw SQL path (persistence/sql.ts), for services
+   * whose transactions hold hot row locks. The transaction opens with one
+   * statement that writes the audit record and looks for an earlier answer to
+   * the request_id (a replay rolls back and answers as before). A service
+   * whose last statement can carry the answer record (LedgerRepository.apply)
+   * takes it over with `scope.takeAnswer`, which keeps the end of the
+   * transaction, where it holds a pool lock, one round trip shorter.
+   */
+  async runSql<T>(ctx: CallContext, spec: MutationSpec, fn: (sql: Sql, scope: MutationScope) => Promise<T>): Promise<T> {
+    if (spec.requestId !== undefined && spec.requestId !== '' && !REQUEST_ID.test(spec.requestId)) {
+      throw DomainError.invalid('INVALID_REQUEST_ID', [{ field: 'requestId', description: 'must be 1-128 characters of letters, digits, ".", "_", ":" or "-" (a UUID is ideal)' }]);
+    }
+    const key = spec.requestId ? { principal: ctx.principal.keyId, method: spec.method, requestId: spec.requestId } : undefined;
+    const print = key ? fingerprint(spec.method, spec.request) : '';
+    const audit = {
+      principal: `${ctx.principal.keyName} (${ctx.principal.keyId})`,
+      role: ctx.principal.role,
+      method: spec.method,
+      resource: spec.resource,
+      ...(spec.requestId ? { requestId: spec.requestId } : {}),
+      transport: ctx.transport,
+      details: { correlationId: ctx.correlationId, ...(spec.details ?? {}) },
+    };
+    try {
+      return await this.db.sqlTransaction(async (sql) => {
+        const prior = await this.log.auditAndFindAnswer(sql, audit, key);
+        if (key && prior) throw new Replayed(this.answered<T>(prior, key, print));
+        let taken = false;
+        const scope: MutationScope = {
+          takeAnswer: (result) => {
+            if (!key) return undefined;
+            taken = true;
+            return { ...key, fingerprint: print, responseJson: JSON.stringify(toStored(result)) };
+          },
+        };
+        const result = await fn(sql, scope);
+        if (key && !taken) await this.log.recordAnswer(sql, key, print, toStored(result));
+        return result;
+      });
+    } catch (e) {
+      if (e instanceof Replayed) {
+        if (!e.answer.found) throw new Error('unreachable: a replay without an answer');
+        return e.answer.value as T;
+      }
+      // A concurrent twin with the same request_id may have committed first: answer as it did.
+      if (key) {
+        const prior = await this.log.findAnswer(this.db.sql, key).catch(() => undefined);
+        const replay = prior ? this.answered<T>(prior, key, print) : undefined;
+        if (replay?.found) return replay.value;
+      }
+      throw e;
+    }
+  }
+
+  private answered<T>(
+    prior: { fingerprint: string; response: unknown } | undefined,
+    key: { method: string; requestId: string },
+    print: string,
+  ): { found: true; value: T } | { found: false } {
+    if (!prior) return { found: false };
+    if (prior.fingerprint !== print) {
+      throw DomainError.invalid('REQUEST_ID_REUSED', [
+        { field: 'requestId', description: `request_id ${key.requestId} was already used for a different ${key.method} request` },
+      ]);
+    }
+    return { found: true, value: fromStored<T>(prior.response) };
   }
 
   private async replay<T>(key: { principal: string; method: string; requestId: string }, print: string): Promise<{ found: true; value: T } | { found: false }> {

@@ -5,6 +5,7 @@ import {
   checkEtag,
   checkNodeCapacity,
   DomainError,
+  formatBytes,
   requirePoolNode,
   resolveUpdateMask,
   validatePoolSpec,
@@ -13,17 +14,19 @@ import {
   type PoolSpec,
   type PoolState,
 } from '#domain';
-import { HostRepository, PoolRepository } from '#persistence';
+import { HostRepository, LedgerRepository, MemoryGroupRepository, PoolRepository } from '#persistence';
 import type { CallContext } from './context';
 import type { Mutations } from './mutations';
 import { pageToken, parsePageRequest, type Page } from './pagination';
 
 const UPDATABLE = ['description', 'labels', 'state', 'capacityBytes'] as const;
-const KNOWN = ['name', 'uid', 'host', 'hostNodeId', 'daxDevicePath', 'granuleBytes', 'memoryType', 'allocatedBytes', 'freeBytes', 'etag', 'createTime', 'updateTime', ...UPDATABLE];
+const KNOWN = ['name', 'uid', 'host', 'hostNodeId', 'daxDevicePath', 'granuleBytes', 'memoryType', 'cpuAddressable', 'allocatedBytes', 'freeBytes', 'etag', 'createTime', 'updateTime', ...UPDATABLE];
 
 export class PoolService {
   private readonly hosts = new HostRepository();
   private readonly pools = new PoolRepository();
+  private readonly ledger = new LedgerRepository();
+  private readonly groups = new MemoryGroupRepository();
 
   constructor(private readonly mutations: Mutations) {}
 
@@ -82,6 +85,15 @@ export class PoolService {
         checkCapacityShape(v, next.capacityBytes, next.granuleBytes);
         v.throwIfAny('INVALID_POOL');
         checkCapacityNotBelowAllocated(next.capacityBytes, current.allocatedBytes);
+        // Extents are placed anywhere below capacity: the highest one must still fit.
+        const end = await this.ledger.highestExtentEnd(tx, current.uid);
+        if (next.capacityBytes < end) {
+          throw DomainError.precondition(
+            'POOL_CAPACITY_BELOW_EXTENTS',
+            `capacityBytes ${formatBytes(next.capacityBytes)} would cut through extents that reach ${formatBytes(end)} of the pool; release or move the groups at the end first`,
+            { highestExtentEndBytes: String(end) },
+          );
+        }
         const host = await this.hosts.lock(tx, current.host);
         const node = requirePoolNode(host, current.hostNodeId);
         const others = (await this.pools.onNode(tx, host.uid, current.hostNodeId)).filter((p) => p.name !== name);
@@ -96,6 +108,10 @@ export class PoolService {
     await this.mutations.run(ctx, { method: 'DeletePool', resource: `pools/${name}`, requestId, request: { name, etag } }, async (tx) => {
       const current = await this.pools.lock(tx, name);
       checkEtag('pool', name, etag, current.etag);
+      const groups = await this.groups.countOnPool(tx, current.uid);
+      if (groups > 0) {
+        throw DomainError.precondition('POOL_HAS_MEMORY_GROUPS', `pool ${name} still backs ${groups} memory group(s); delete them first`, { memoryGroups: String(groups) });
+      }
       if (current.allocatedBytes > 0) {
         throw DomainError.precondition('POOL_HAS_ALLOCATIONS', `pool ${name} still has ${current.allocatedBytes} bytes allocated to memory groups; delete or move them first`, {
           allocatedBytes: String(current.allocatedBytes),

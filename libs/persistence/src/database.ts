@@ -1,37 +1,78 @@
 import { PrismaPg } from '@prisma/adapter-pg';
+import { Pool } from 'pg';
 import { DomainError } from '#domain';
 import { Prisma, PrismaClient } from './generated/prisma/client';
+import { PgSql, sqlState, statementName, type Sql } from './sql';
 
 export type Tx = Prisma.TransactionClient;
 
 export interface DatabaseOptions {
   url: string;
-  /** Connections in this process's pool. */
+  /** Connections in this process's pool (shared by Prisma and raw SQL). */
   poolSize?: number;
 }
 
 /**
- * The only owner of a PrismaClient. Transactions retry on serialization
- * failures and deadlocks, which Postgres reports under contention and which
- * are safe to retry because the whole transaction is re-run.
+ * The only owner of a PrismaClient and of the connection pool under it.
+ * Transactions retry on serialization failures and deadlocks, which Postgres
+ * reports under contention and which are safe to retry because the whole
+ * transaction is re-run.
  */
 export class Database {
   readonly prisma: PrismaClient;
+  private readonly pool: Pool;
+  /** Raw SQL outside a transaction (each statement on any pooled connection). */
+  readonly sql: Sql;
 
   constructor(opts: DatabaseOptions) {
-    const adapter = new PrismaPg({ connectionString: opts.url, max: opts.poolSize ?? 20 });
+    this.pool = new Pool({ connectionString: opts.url, max: opts.poolSize ?? 20, connectionTimeoutMillis: 10_000 });
+    // An idle connection that drops (a Postgres restart) must not crash the process; the next query reports it.
+    this.pool.on('error', () => undefined);
+    // Named statements: each connection plans a query text once (see sql.ts). Bare
+    // utility statements (BEGIN, COMMIT) stay unnamed.
+    const adapter = new PrismaPg(this.pool, {
+      statementNameGenerator: (q) => (q.args.length === 0 && q.sql.length < 32 ? (undefined as unknown as string) : statementName(q.sql)),
+    });
     this.prisma = new PrismaClient({ adapter });
+    this.sql = new PgSql(this.pool);
   }
 
   async transaction<T>(fn: (tx: Tx) => Promise<T>, opts: { isolation?: 'ReadCommitted' | 'Serializable'; attempts?: number } = {}): Promise<T> {
-    const attempts = opts.attempts ?? 8;
+    return this.retrying(opts.attempts, () =>
+      // READ COMMITTED is Postgres's default: asking for it would cost a SET round trip per transaction.
+      this.prisma.$transaction(fn, {
+        ...(opts.isolation === 'Serializable' ? { isolationLevel: Prisma.TransactionIsolationLevel.Serializable } : {}),
+        maxWait: 10_000,
+        timeout: 30_000,
+      }),
+    );
+  }
+
+  /** A READ COMMITTED transaction in raw SQL on one pooled connection; retried like `transaction`. */
+  async sqlTransaction<T>(fn: (sql: Sql) => Promise<T>, opts: { attempts?: number } = {}): Promise<T> {
+    return this.retrying(opts.attempts, async () => {
+      const client = await this.pool.connect();
+      let broken = false;
+      try {
+        await client.query('begin');
+        const out = await fn(new PgSql(client));
+        await client.query('commit');
+        return out;
+      } catch (e) {
+        await client.query('rollback').catch(() => {
+          broken = true;
+        });
+        throw e;
+      } finally {
+        client.release(broken);
+      }
+    });
+  }
+
+  private async retrying<T>(attempts = 8, run: () => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.prisma.$transaction(fn, {
-          isolationLevel: opts.isolation === 'Serializable' ? Prisma.TransactionIsolationLevel.Serializable : Prisma.TransactionIsolationLevel.ReadCommitted,
-          maxWait: 10_000,
-          timeout: 30_000,
-        });
+        return await run();
       } catch (e) {
         if (attempt < attempts && isRetryable(e)) {
           await new Promise((r) => setTimeout(r, Math.min(200, 5 * 2 ** attempt) * Math.random()));
@@ -48,30 +89,27 @@ export class Database {
 
   async close(): Promise<void> {
     await this.prisma.$disconnect();
+    await this.pool.end().catch(() => undefined);
   }
 }
 
-function pgCode(e: unknown): string | undefined {
-  const anyE = e as { code?: string; meta?: { code?: string; driverAdapterError?: { cause?: { originalCode?: string; kind?: string } } }; cause?: { code?: string; originalCode?: string } };
-  return anyE?.meta?.driverAdapterError?.cause?.originalCode ?? anyE?.cause?.originalCode ?? anyE?.meta?.code ?? anyE?.cause?.code;
-}
-
 export function isRetryable(e: unknown): boolean {
-  const code = (e as { code?: string })?.code;
-  if (code === 'P2034') return true;
-  const pg = pgCode(e);
-  return pg === '40001' || pg === '40P01';
+  if ((e as { code?: string })?.code === 'P2034') return true;
+  const state = sqlState(e);
+  return state === '40001' || state === '40P01';
 }
 
 export function isUniqueViolation(e: unknown): boolean {
-  return (e as { code?: string })?.code === 'P2002' || pgCode(e) === '23505';
+  return (e as { code?: string })?.code === 'P2002' || sqlState(e) === '23505';
 }
+
+const UNREACHABLE = new Set(['P1001', 'P1017', 'P2024', 'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', '57P01', '57P02', '57P03', '08000', '08003', '08006']);
 
 /** Database failures that are not the caller's fault surface as UNAVAILABLE, never as a user error. */
 function translate(e: unknown): unknown {
   if (e instanceof DomainError) return e;
   const code = (e as { code?: string })?.code;
-  if (code === 'P1001' || code === 'P1017' || code === 'P2024') {
+  if ((code && UNREACHABLE.has(code)) || /Connection terminated|timeout exceeded when trying to connect/.test(String((e as Error)?.message))) {
     return new DomainError('UNAVAILABLE', 'DATABASE_UNAVAILABLE', 'the database is not reachable; retry later');
   }
   return e;

@@ -20,6 +20,7 @@ function toDomain(row: PoolRow): Pool {
     granuleBytes: Number(row.granuleBytes),
     memoryType: row.memoryType as PoolMemoryType,
     state: row.state as PoolState,
+    cpuAddressable: row.cpuAddressable,
     allocatedBytes,
     freeBytes: capacityBytes - allocatedBytes,
     etag: etagOf(row.version),
@@ -43,6 +44,7 @@ export class PoolRepository {
           granuleBytes: BigInt(spec.granuleBytes),
           memoryType: spec.memoryType,
           state: spec.state,
+          cpuAddressable: spec.cpuAddressable ?? true,
         },
         include,
       });

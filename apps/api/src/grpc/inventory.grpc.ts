@@ -106,6 +106,7 @@ function poolSpecFrom(c: Converter, p: Pool, prefix: string): PoolSpec {
     granuleBytes: p.granuleBytes === 0n ? 128 * 1024 * 1024 : c.num(`${prefix}.granuleBytes`, p.granuleBytes),
     memoryType: c.enumValue(`${prefix}.memoryType`, p.memoryType, MEMORY_TYPE, 'VOLATILE'),
     state: c.enumValue(`${prefix}.state`, p.state, POOL_STATE, 'ACTIVE'),
+    ...(p.cpuAddressable !== undefined ? { cpuAddressable: p.cpuAddressable } : {}),
   };
 }
 
@@ -124,6 +125,7 @@ export function poolToProto(p: DomainPool): Pool {
     state: POOL_STATE_OUT[p.state],
     allocatedBytes: big(p.allocatedBytes),
     freeBytes: big(p.freeBytes),
+    cpuAddressable: p.cpuAddressable ?? true,
     etag: p.etag,
     createTime: p.createTime,
     updateTime: p.updateTime,

@@ -11,6 +11,8 @@ import { projectRoot, type AppConfig } from '#platform';
 import type { Runtime } from '../runtime';
 import { toServiceError } from './errors';
 import { registerInventory } from './inventory.grpc';
+import { registerTopology } from './topology.grpc';
+import { registerVms } from './vm.grpc';
 
 const CORRELATION = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -109,6 +111,8 @@ export async function startGrpc(rt: Runtime, config: AppConfig): Promise<Running
   const server = new Server({ 'grpc.max_receive_message_length': config.maxBodyBytes });
   const registry = new GrpcRegistry(server, rt);
   registerInventory(registry, rt);
+  registerVms(registry, rt);
+  registerTopology(registry, rt);
 
   const health = new HealthImplementation({ '': 'SERVING', ...Object.fromEntries(registry.services.map((s) => [s, 'SERVING'])) });
   health.addToServer(server);

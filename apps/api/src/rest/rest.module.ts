@@ -6,13 +6,15 @@ import { AuthGuard } from './auth.guard';
 import { ProblemFilter } from './exception.filter';
 import { HostsController, PoolsController } from './inventory.controller';
 import { OpenApiController } from './openapi';
+import { TopologyController } from './topology.controller';
+import { OperationsController, PoolLedgerController, VmsController } from './vm.controller';
 
 @Module({})
 export class RestModule {
   static forRuntime(runtime: Runtime): DynamicModule {
     return {
       module: RestModule,
-      controllers: [HostsController, PoolsController, ApiKeysController, HealthController, OpenApiController],
+      controllers: [HostsController, PoolsController, PoolLedgerController, VmsController, TopologyController, OperationsController, ApiKeysController, HealthController, OpenApiController],
       providers: [
         { provide: RUNTIME, useValue: runtime },
         { provide: APP_GUARD, useClass: AuthGuard },

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { DomainError, HOST_STATES, NODE_KINDS, POOL_MEMORY_TYPES, POOL_STATES, ROLES, type FieldViolation } from '#domain';
+import { DomainError, GROUP_ONLINE_TYPES, HOST_STATES, NODE_KINDS, POOL_MEMORY_TYPES, POOL_STATES, ROLES, type FieldViolation } from '#domain';
 
 /**
  * REST bodies: strict (an unknown field is an error, not silently dropped),
@@ -55,6 +55,8 @@ export const CreatePoolBody = z.strictObject({
   granuleBytes: bytes.default(128 * 1024 * 1024),
   memoryType: z.enum(POOL_MEMORY_TYPES as [string, ...string[]]).default('VOLATILE'),
   state: z.enum(POOL_STATES as [string, ...string[]]).default('ACTIVE'),
+  /** false: device memory the CPU cannot address, never guest RAM. */
+  cpuAddressable: z.boolean().optional(),
 });
 export const UpdatePoolBody = z.strictObject({
   description: z.string().optional(),
@@ -64,6 +66,44 @@ export const UpdatePoolBody = z.strictObject({
   etag: z.string().optional(),
 });
 
+export const GuestNodeBody = z.strictObject({ guestNodeId: int, vcpus: int, bootMemoryBytes: bytes, hostNodeId: int.optional() });
+export const GuestMemoryBody = z.strictObject({
+  memoryBlockSizeBytes: bytes.optional(),
+  memmapOnMemory: z.boolean().optional(),
+  onlinePolicy: z.enum(['CONTIG_ZONES', 'AUTO_MOVABLE']).optional(),
+  autoMovableRatioPercent: int.optional(),
+  autoMovableNumaAware: z.boolean().optional(),
+  virtioMemForceBbm: z.boolean().optional(),
+  virtioMemBbmBlockSizeBytes: bytes.optional(),
+});
+export const CreateVmBody = z.strictObject({
+  name,
+  description: z.string().default(''),
+  labels: labels.default({}),
+  host: name,
+  kernelProfile: z.string(),
+  guestMemory: GuestMemoryBody.default({}),
+  guestNodes: z.array(GuestNodeBody),
+  memorySlots: int.default(0),
+  maxMemoryBytes: bytes,
+  sparePciePorts: int.default(0),
+});
+
+export const CreateMemoryGroupBody = z.strictObject({
+  name,
+  pool: name,
+  kind: z.enum(['STATIC', 'DYNAMIC']),
+  sizeBytes: bytes.optional(),
+  maxSizeBytes: bytes.optional(),
+  blockSizeBytes: bytes.optional(),
+  requestedBytes: bytes.optional(),
+  onlineType: z.enum(GROUP_ONLINE_TYPES as [string, ...string[]]).default('ONLINE_MOVABLE'),
+  guestNodeId: int.optional(),
+});
+export const ResizeMemoryGroupBody = z.strictObject({ requestedBytes: bytes, etag: z.string().optional() });
+/** Transition and cancel methods take no fields but an optional etag. */
+export const TransitionBody = z.strictObject({ etag: z.string().optional() });
+
 export const CreateApiKeyBody = z.strictObject({ name: z.string(), role: z.enum(ROLES as [string, ...string[]]) });
 
 export const ListQuery = z.strictObject({
@@ -71,6 +111,7 @@ export const ListQuery = z.strictObject({
   pageToken: z.string().optional(),
   state: z.string().optional(),
   host: z.string().optional(),
+  vm: z.string().optional(),
   requestId: z.string().optional(),
 });
 

@@ -25,6 +25,11 @@ export interface PoolSpec {
   granuleBytes: number;
   memoryType: PoolMemoryType;
   state: PoolState;
+  /**
+   * false: device memory the CPU cannot address (e.g. CXL type-2 device-private
+   * memory), never guest RAM (memory/pool-eligibility.ts). Absent on input = true.
+   */
+  cpuAddressable?: boolean;
 }
 
 export interface Pool extends PoolSpec {

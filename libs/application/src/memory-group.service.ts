@@ -1,0 +1,326 @@
+import {
+  assertNoActiveGroupOperation,
+  assertResizable,
+  authorize,
+  checkEtag,
+  checkGroupPool,
+  checkSparePciePorts,
+  checkVmHeadroom,
+  DomainError,
+  effectiveGuestNodes,
+  etagOf,
+  groupChangeMode,
+  groupGuestFacts,
+  groupSpecOf,
+  holdingBytes,
+  normalizeGroupInput,
+  OPERATIONS_TOPIC,
+  planMemoryGroup,
+  plannedSteps,
+  resolveGuestMemorySettings,
+  type CreateMemoryGroupInput,
+  type GuestMemorySettings,
+  type MemoryGroup,
+  type OperationKind,
+  type OperationRollback,
+  type VmSpec,
+} from '#domain';
+import { MemoryGroupRepository, OperationRepository, VmRepository, type MemoryGroupRecord, type Sql, type VmRecord } from '#persistence';
+import type { CallContext } from './context';
+import type { Mutations } from './mutations';
+import { pageToken, parsePageRequest, type Page } from './pagination';
+import { PoolLedger } from './pool-ledger';
+
+export interface MemoryGroupDeletion {
+  memoryGroup: MemoryGroup;
+  /** true: gone now, extents released. false: an UNPLUG operation (memoryGroup.operation) removes it. */
+  deleted: boolean;
+}
+
+function groupNotFound(vm: string, name: string): DomainError {
+  return new DomainError('NOT_FOUND', 'MEMORY_GROUP_NOT_FOUND', `memory group ${vm}/${name} does not exist`, [], { resource: 'memoryGroup', vm, name });
+}
+
+export function principalLabel(ctx: CallContext): string {
+  return `${ctx.principal.keyName} (${ctx.principal.keyId})`;
+}
+
+export function settingsOf(vm: Pick<VmSpec, 'kernelProfile' | 'guestMemory'>): GuestMemorySettings {
+  return resolveGuestMemorySettings(vm.kernelProfile, vm.guestMemory);
+}
+
+/** The API view of a group; `all` are the VM's groups (the effective guest node depends on them). */
+export function memoryGroupView(vm: VmRecord, all: readonly MemoryGroupRecord[], g: MemoryGroupRecord, settings: GuestMemorySettings): MemoryGroup {
+  const node = effectiveGuestNodes(vm.guestNodes.length, all).get(g.uid) ?? g.guestNodeId ?? vm.guestNodes.length;
+  const facts = groupGuestFacts(g, node, settings);
+  return {
+    name: g.name,
+    uid: g.uid,
+    vm: vm.name,
+    pool: g.pool,
+    kind: g.kind,
+    sizeBytes: g.sizeBytes,
+    maxSizeBytes: g.maxSizeBytes,
+    blockSizeBytes: g.blockSizeBytes,
+    requestedBytes: g.requestedBytes,
+    onlineType: g.onlineType,
+    ...(g.guestNodeId === undefined ? {} : { guestNodeId: g.guestNodeId }),
+    effectiveGuestNodeId: node,
+    desiredState: g.desiredState,
+    heldBytes: g.heldBytes,
+    hotplugged: g.hotplugged,
+    guestUnit: facts.guestUnit,
+    usableBytes: facts.usableBytes,
+    memmapPlacement: facts.memmapPlacement,
+    vmemmapBytes: facts.vmemmapBytes,
+    state: g.state,
+    pluggedBytes: g.pluggedBytes,
+    onlineBlocks: g.onlineBlocks,
+    ...(g.activeOperation ? { operation: g.activeOperation.name } : {}),
+    etag: g.etag,
+    createTime: g.createTime,
+    updateTime: g.updateTime,
+  };
+}
+
+/**
+ * Memory groups and their pool extents. Every mutation runs in one
+ * transaction that locks the VM row (so VM limits see a stable set of groups)
+ * and then the pool row (so the ledger sees a stable set of extents), and
+ * records an Operation plus its outbox message when the VM is STARTING or
+ * RUNNING. A failed request rolls the whole transaction back, extents included.
+ */
+export class MemoryGroupService {
+  private readonly vms = new VmRepository();
+  private readonly groups = new MemoryGroupRepository();
+  private readonly operations = new OperationRepository();
+  private readonly ledger = new PoolLedger();
+
+  constructor(private readonly mutations: Mutations) {}
+
+  async create(ctx: CallContext, input: CreateMemoryGroupInput, requestId?: string): Promise<MemoryGroup> {
+    authorize(ctx.principal, 'vms.write');
+    const resource = `vms/${input.vm}/memoryGroups/${input.name}`;
+    return this.mutations.runSql(ctx, { method: 'CreateMemoryGroup', resource, requestId, request: input }, async (sql, scope) => {
+      const { vm, groups } = await this.groups.lockVm(sql, input.vm);
+      const mode = groupChangeMode(vm.name, vm.state);
+      const shape = normalizeGroupInput(input, vm);
+      const settings = settingsOf(vm);
+      planMemoryGroup(groupSpecOf(shape, shape.guestNodeId ?? vm.guestNodes.length), settings);
+      const pool = await this.ledger.repo.poolFacts(sql, input.pool);
+      if (!pool) throw DomainError.invalid('MEMORY_GROUP_POOL_NOT_FOUND', [{ field: 'pool', description: `pool ${input.pool} does not exist` }], { pool: input.pool });
+      checkGroupPool(pool, vm.host, shape.kind);
+
+      if (groups.some((g) => g.name === input.name)) {
+        throw DomainError.exists('MEMORY_GROUP_ALREADY_EXISTS', `vm ${vm.name} already has a memory group ${input.name}`, { vm: vm.name, name: input.name });
+      }
+      const hotplugged = mode === 'OPERATION';
+      const now = new Date();
+      const record: MemoryGroupRecord = {
+        ...shape,
+        uid: '',
+        vmId: vm.uid,
+        name: input.name,
+        pool: pool.name,
+        poolId: pool.id,
+        poolHostNodeId: pool.hostNodeId,
+        poolFacts: pool,
+        desiredState: 'PRESENT',
+        heldBytes: 0,
+        hotplugged,
+        state: 'PENDING',
+        pluggedBytes: 0,
+        onlineBlocks: 0,
+        version: 1,
+        etag: etagOf(1),
+        createTime: now,
+        updateTime: now,
+      };
+      checkVmHeadroom(vm, [...groups, record]);
+      if (hotplugged && shape.kind === 'DYNAMIC') {
+        checkSparePciePorts(vm, groups.filter((g) => g.hotplugged && g.kind === 'DYNAMIC').length + 1);
+      }
+
+      const inserted = await this.groups.insert(sql, {
+        vmId: vm.uid,
+        name: input.name,
+        poolId: pool.id,
+        kind: shape.kind,
+        sizeBytes: shape.sizeBytes,
+        maxSizeBytes: shape.maxSizeBytes,
+        blockSizeBytes: shape.blockSizeBytes,
+        requestedBytes: shape.requestedBytes,
+        onlineType: shape.onlineType,
+        ...(shape.guestNodeId === undefined ? {} : { guestNodeId: shape.guestNodeId }),
+        hotplugged,
+      });
+      record.uid = inserted.uid;
+      record.createTime = record.updateTime = inserted.createTime;
+      if (mode === 'OPERATION') {
+        const op = await this.recordOperation(sql, ctx, vm, record, 'PLUG', { kind: 'PLUG' }, requestId);
+        record.activeOperation = { name: op, kind: 'PLUG', state: 'PENDING' };
+      }
+      // The ledger step last: the pool row stays locked only from here to commit,
+      // and its write carries the answer record, built (with the holding the
+      // allocator must reach) before the lock is taken.
+      const bytes = shape.kind === 'STATIC' ? shape.sizeBytes : shape.requestedBytes;
+      if (bytes === 0) return memoryGroupView(vm, [...groups, record], record, settings);
+      const ledgerGroup = this.ledgerGroup(vm, record);
+      record.heldBytes = holdingBytes(bytes, pool.granuleBytes);
+      const view = memoryGroupView(vm, [...groups, record], record, settings);
+      const answer = scope.takeAnswer(view);
+      const step = await this.ledger.plan(sql, pool, ledgerGroup, bytes, 'reserve');
+      await step.write(answer, { expectHeldBytes: record.heldBytes });
+      return view;
+    });
+  }
+
+  async get(ctx: CallContext, vmName: string, name: string): Promise<MemoryGroup> {
+    authorize(ctx.principal, 'read');
+    const db = this.mutations.db.sql;
+    const vm = await this.vms.get(db, vmName);
+    const groups = await this.groups.listForVm(db, vm.uid);
+    const g = groups.find((x) => x.name === name);
+    if (!g) throw groupNotFound(vmName, name);
+    return memoryGroupView(vm, groups, g, settingsOf(vm));
+  }
+
+  async list(ctx: CallContext, vmName: string, req: { pageSize?: number; pageToken?: string }): Promise<Page<MemoryGroup>> {
+    authorize(ctx.principal, 'read');
+    const filterKey = `memoryGroups|${vmName}`;
+    const page = parsePageRequest(req.pageSize, req.pageToken, filterKey);
+    const db = this.mutations.db.sql;
+    const vm = await this.vms.get(db, vmName);
+    // A VM has at most a few hundred groups, and each one's guest node depends on all of them.
+    const groups = await this.groups.listForVm(db, vm.uid);
+    const sorted = [...groups].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const rest = page.after === undefined ? sorted : sorted.filter((g) => g.name > page.after!);
+    const shown = rest.slice(0, page.pageSize);
+    const settings = settingsOf(vm);
+    return {
+      items: shown.map((g) => memoryGroupView(vm, groups, g, settings)),
+      totalSize: groups.length,
+      nextPageToken: rest.length > page.pageSize ? pageToken(shown[shown.length - 1]!.name, filterKey) : '',
+    };
+  }
+
+  /**
+   * A DYNAMIC group's new requested size. On a VM at rest the holding follows
+   * it (growth needs the pool to cover it, shrinking releases at once). On a
+   * running VM growth is reserved now and a shrink keeps its extents until the
+   * RESIZE operation has unplugged the memory.
+   */
+  async resize(ctx: CallContext, vmName: string, name: string, requestedBytes: number, etag?: string, requestId?: string): Promise<MemoryGroup> {
+    authorize(ctx.principal, 'vms.write');
+    const resource = `vms/${vmName}/memoryGroups/${name}`;
+    return this.mutations.runSql(ctx, { method: 'ResizeMemoryGroup', resource, requestId, request: { vm: vmName, name, requestedBytes, etag } }, async (sql, scope) => {
+      const { vm, groups, g } = await this.lockGroup(sql, vmName, name, etag);
+      const mode = groupChangeMode(vm.name, vm.state);
+      assertResizable(vm.name, g);
+      assertNoActiveGroupOperation(vm.name, g.name, g.activeOperation);
+      const settings = settingsOf(vm);
+      const node = effectiveGuestNodes(vm.guestNodes.length, groups).get(g.uid) ?? vm.guestNodes.length;
+      planMemoryGroup(groupSpecOf({ ...g, requestedBytes }, node), settings);
+      if (requestedBytes === g.requestedBytes) return memoryGroupView(vm, groups, g, settings);
+
+      const before = { requestedBytes: g.requestedBytes, heldBytes: g.heldBytes, state: g.state };
+      g.requestedBytes = requestedBytes;
+      if (mode === 'OPERATION') g.state = 'RESIZING';
+      await this.groups.setRequested(sql, g.uid, requestedBytes, g.state);
+      if (mode === 'OPERATION') {
+        const rollback: OperationRollback = { kind: 'RESIZE', requestedBytes: before.requestedBytes, heldBytes: before.heldBytes, groupState: before.state };
+        g.activeOperation = { name: await this.recordOperation(sql, ctx, vm, g, 'RESIZE', rollback, requestId), kind: 'RESIZE', state: 'PENDING' };
+      }
+      g.version += 1;
+      g.etag = etagOf(g.version);
+      g.updateTime = new Date();
+      // The ledger step last (see create).
+      const target = mode === 'DIRECT' ? requestedBytes : Math.max(requestedBytes, before.heldBytes);
+      const held = holdingBytes(target, g.poolFacts.granuleBytes);
+      if (held === before.heldBytes) return memoryGroupView(vm, groups, g, settings);
+      const ledgerGroup = this.ledgerGroup(vm, g);
+      g.heldBytes = held;
+      const view = memoryGroupView(vm, groups, g, settings);
+      const answer = scope.takeAnswer(view);
+      const step = await this.ledger.plan(sql, g.poolFacts, ledgerGroup, target, 'resize');
+      await step.write(answer, { expectHeldBytes: held });
+      return view;
+    });
+  }
+
+  /** At rest: gone at once, extents released. Running: an UNPLUG operation; extents stay until it completes. */
+  async delete(ctx: CallContext, vmName: string, name: string, etag?: string, requestId?: string): Promise<MemoryGroupDeletion> {
+    authorize(ctx.principal, 'vms.write');
+    const resource = `vms/${vmName}/memoryGroups/${name}`;
+    return this.mutations.runSql(ctx, { method: 'DeleteMemoryGroup', resource, requestId, request: { vm: vmName, name, etag } }, async (sql, scope) => {
+      const { vm, groups, g } = await this.lockGroup(sql, vmName, name, etag);
+      const mode = groupChangeMode(vm.name, vm.state);
+      assertNoActiveGroupOperation(vm.name, g.name, g.activeOperation);
+      const settings = settingsOf(vm);
+      const view = () => memoryGroupView(vm, groups, g, settings);
+      if (mode === 'DIRECT') {
+        g.desiredState = 'ABSENT';
+        if (g.heldBytes === 0) {
+          await this.groups.delete(sql, g.uid);
+          return { memoryGroup: view(), deleted: true };
+        }
+        // Release, group row and answer record in the one statement that follows the pool lock.
+        const ledgerGroup = this.ledgerGroup(vm, g);
+        g.heldBytes = 0;
+        const out = { memoryGroup: view(), deleted: true };
+        const answer = scope.takeAnswer(out);
+        const step = await this.ledger.plan(sql, g.poolFacts, ledgerGroup, 0, 'release');
+        await step.write(answer, { deleteGroup: true, expectHeldBytes: 0 });
+        return out;
+      }
+      const rollback: OperationRollback = { kind: 'UNPLUG', groupState: g.state };
+      await this.groups.setDesired(sql, g.uid, 'ABSENT', 'UNPLUGGING');
+      g.desiredState = 'ABSENT';
+      g.state = 'UNPLUGGING';
+      g.activeOperation = { name: await this.recordOperation(sql, ctx, vm, g, 'UNPLUG', rollback, requestId), kind: 'UNPLUG', state: 'PENDING' };
+      g.version += 1;
+      g.etag = etagOf(g.version);
+      g.updateTime = new Date();
+      return { memoryGroup: view(), deleted: false };
+    });
+  }
+
+  private async lockGroup(sql: Sql, vmName: string, name: string, etag: string | undefined) {
+    const { vm, groups } = await this.groups.lockVm(sql, vmName);
+    const g = groups.find((x) => x.name === name);
+    if (!g) throw groupNotFound(vmName, name);
+    checkEtag('memory group', `${vmName}/${name}`, etag, g.etag);
+    return { vm, groups, g };
+  }
+
+  private ledgerGroup(vm: VmRecord, g: MemoryGroupRecord) {
+    return { uid: g.uid, label: `${vm.name}/${g.name}`, heldBytes: g.heldBytes };
+  }
+
+  private async recordOperation(
+    sql: Sql,
+    ctx: CallContext,
+    vm: VmRecord,
+    g: MemoryGroupRecord,
+    kind: OperationKind,
+    rollback: OperationRollback,
+    requestId: string | undefined,
+  ): Promise<string> {
+    const op = await this.operations.create(
+      sql,
+      {
+        vmId: vm.uid,
+        vm: vm.name,
+        groupId: g.uid,
+        groupName: g.name,
+        kind,
+        steps: plannedSteps(kind, g.kind),
+        rollback,
+        ...(requestId ? { requestId } : {}),
+        principal: principalLabel(ctx),
+      },
+      OPERATIONS_TOPIC,
+    );
+    return op.name;
+  }
+}

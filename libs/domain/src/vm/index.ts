@@ -1,0 +1,3 @@
+export * from './vm';
+export * from './memory-group-resource';
+export * from './report';
