@@ -1,4 +1,5 @@
 import { ConfigError, loadConfig } from '#platform';
+import { executorConfigFromEnv, startWorker } from '../../worker/src/worker';
 import { startMemplane } from './server';
 
 async function main(): Promise<void> {
@@ -24,12 +25,26 @@ async function main(): Promise<void> {
   } else if (running.bootstrapKey) {
     log('bootstrap admin API key registered from MEMPLANE_BOOTSTRAP_KEY');
   }
+  // One command runs everything on the embedded default: a worker executes operations in
+  // this process too, unless MEMPLANE_WORKER=off (run apps/worker separately, as many as wanted).
+  const env = process.env;
+  const worker =
+    (env['MEMPLANE_WORKER'] ?? 'embedded') === 'embedded'
+      ? await startWorker({
+          databaseUrl: running.databaseUrl,
+          redisUrl: running.redisUrl,
+          ...(env['MEMPLANE_QUEUE_PREFIX'] ? { prefix: env['MEMPLANE_QUEUE_PREFIX'] } : {}),
+          executor: executorConfigFromEnv(config.dataDir, env),
+          log: (line) => console.log(`[memplane-worker] ${line}`),
+        })
+      : undefined;
+  if (worker) log('worker: executing operations in this process (MEMPLANE_WORKER=off to run apps/worker separately)');
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
     log(`${signal}: shutting down`);
-    void running.stop().then(() => process.exit(0));
+    void (worker?.stop() ?? Promise.resolve()).then(() => running.stop()).then(() => process.exit(0));
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));

@@ -39,3 +39,4 @@ export {
 } from './qemu-argv';
 export { renderLibvirtDomainXml, type LibvirtDomainOptions } from './libvirt-xml';
 export { recommendKernelCmdline, type KernelCmdlineRecommendation, type KernelCmdlineArg } from './kernel-cmdline';
+export * from './resources';

@@ -1,0 +1,40 @@
+import { ConfigError, loadConfig, startEmbeddedPostgres, startEmbeddedRedis } from '#platform';
+import { executorConfigFromEnv, startWorker } from './worker';
+
+/**
+ * The worker: executes Operations against QEMU on this host. It shares the API's
+ * configuration (DATABASE_URL / REDIS_URL, or the same embedded servers).
+ */
+async function main(): Promise<void> {
+  let config;
+  try {
+    config = loadConfig();
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      console.error(e.message);
+      process.exit(2);
+    }
+    throw e;
+  }
+  const log = (line: string) => console.log(`[memplane-worker] ${line}`);
+  const databaseUrl = 'url' in config.database ? config.database.url.reveal() : (await startEmbeddedPostgres({ ...config.database.embedded, log })).url;
+  const redisUrl = 'url' in config.redis ? config.redis.url.reveal() : (await startEmbeddedRedis({ ...config.redis.embedded, log })).url;
+  const env = process.env;
+  const running = await startWorker({
+    databaseUrl,
+    redisUrl,
+    ...(env['MEMPLANE_QUEUE_PREFIX'] ? { prefix: env['MEMPLANE_QUEUE_PREFIX'] } : {}),
+    concurrency: Number(env['MEMPLANE_WORKER_CONCURRENCY'] ?? 4),
+    executor: executorConfigFromEnv(config.dataDir, env),
+    log,
+  });
+  log(`executing operations from Redis ${redisUrl}; VMs run detached and survive this process`);
+  const stop = () => void running.stop().then(() => process.exit(0));
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+}
+
+main().catch((e: unknown) => {
+  console.error(`[memplane-worker] failed to start: ${(e as Error)?.stack ?? String(e)}`);
+  process.exit(1);
+});

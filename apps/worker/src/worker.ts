@@ -1,0 +1,181 @@
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { DelayedError, Queue, Worker, type Job } from 'bullmq';
+import { Client } from 'pg';
+import { EngineStore, OperationExecutor, TransientError, type ExecutorConfig } from '#application';
+import { LocalHypervisorDriver, type HypervisorDriver } from '#hypervisor';
+import { Database } from '#persistence';
+import { projectRoot } from '#platform';
+import { EXECUTE_OPERATION, OPERATIONS_QUEUE, operationJobId, redisConnection, type ExecuteOperationJob } from '#queue';
+
+export interface WorkerOptions {
+  databaseUrl: string;
+  redisUrl: string;
+  executor: Omit<ExecutorConfig, 'log'>;
+  /** Operations run in parallel on different VMs; one VM's run one at a time. */
+  concurrency?: number;
+  /** BullMQ key prefix (tests isolate themselves with it). */
+  prefix?: string;
+  /** How often the outbox is read; the API also enqueues right after commit. */
+  dispatchIntervalMs?: number;
+  sweepIntervalMs?: number;
+  /** A non-terminal operation untouched for this long is re-sent (its job may be lost with Redis). */
+  stuckAfterMs?: number;
+  driver?: HypervisorDriver;
+  log?: (line: string) => void;
+}
+
+export interface RunningWorker {
+  worker: Worker<ExecuteOperationJob>;
+  queue: Queue<ExecuteOperationJob>;
+  driver: HypervisorDriver;
+  stop(): Promise<void>;
+}
+
+/**
+ * The executor's settings from the environment (read once at boot, by the worker app and by
+ * the API when it runs a worker in-process). KVM only when asked for: /dev/kvm can exist
+ * where KVM cannot run a guest (nested, as on this project's CI machines).
+ */
+export function executorConfigFromEnv(dataDir: string, env: NodeJS.ProcessEnv = process.env): Omit<ExecutorConfig, 'log'> {
+  const accel = env['MEMPLANE_QEMU_ACCEL'] ?? 'tcg,thread=single';
+  return {
+    runtimeDir: join(dataDir, 'vms'),
+    bootImage: cachedGuestImages(projectRoot()),
+    accel,
+    // Under TCG the 6.12 guest needs a CPU without cmpxchg16b (see libs/testing/src/guest.ts).
+    cpuModel: env['MEMPLANE_QEMU_CPU'] ?? (accel.startsWith('kvm') ? 'host' : 'max,-cx16'),
+    hostNodeBinding: (env['MEMPLANE_HOST_NODE_BINDING'] as 'bind' | 'none' | 'auto' | undefined) ?? 'auto',
+    convergeTimeoutMs: Number(env['MEMPLANE_CONVERGE_TIMEOUT_MS'] ?? 60_000),
+    deviceDelTimeoutMs: Number(env['MEMPLANE_DEVICE_DEL_TIMEOUT_MS'] ?? 20_000),
+    bootTimeoutMs: Number(env['MEMPLANE_BOOT_TIMEOUT_MS'] ?? 120_000),
+  };
+}
+
+/** Default boot images: the guest images scripts/guest/build-guest-images.sh caches. */
+export function cachedGuestImages(root: string): ExecutorConfig['bootImage'] {
+  return (profile: string) => {
+    const dir = join(root, '.cache', 'guest', profile);
+    const kernel = join(dir, 'vmlinuz');
+    const initrd = join(dir, 'initramfs.cpio.gz');
+    if (!existsSync(kernel) || !existsSync(initrd)) {
+      throw new Error(`no boot image for ${profile} in ${dir}: run scripts/guest/build-guest-images.sh`);
+    }
+    // memhp_default_state=offline: the engine onlines every block itself, in the zone the group asks for.
+    return { kernel, initrd, append: 'console=ttyS0 panic=-1 memhp_default_state=offline' };
+  };
+}
+
+/**
+ * Operations on one VM never overlap, across worker processes: a job holds a Postgres
+ * session advisory lock on its VM while it runs. A worker that dies drops its connection and
+ * with it the lock, so another worker can take the VM over at once.
+ */
+async function lockVm(databaseUrl: string, vmId: string): Promise<(() => Promise<void>) | undefined> {
+  const client = new Client({ connectionString: databaseUrl });
+  client.on('error', () => undefined);
+  await client.connect();
+  const r = await client.query<{ ok: boolean }>(`select pg_try_advisory_lock(hashtextextended($1, 727276)) as ok`, [vmId]);
+  if (!r.rows[0]?.ok) {
+    await client.end();
+    return undefined;
+  }
+  return async () => {
+    await client.query(`select pg_advisory_unlock(hashtextextended($1, 727276))`, [vmId]).catch(() => undefined);
+    await client.end().catch(() => undefined);
+  };
+}
+
+export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
+  const log = opts.log ?? (() => undefined);
+  const db = new Database({ url: opts.databaseUrl, poolSize: 10 });
+  const store = new EngineStore(db);
+  const driver = opts.driver ?? new LocalHypervisorDriver({});
+  const executor = new OperationExecutor(store, driver, { ...opts.executor, log });
+  const connection = redisConnection(opts.redisUrl);
+  const prefix = opts.prefix ?? 'bull';
+  const queue = new Queue<ExecuteOperationJob>(OPERATIONS_QUEUE, { connection, prefix });
+
+  const processor = async (job: Job<ExecuteOperationJob>, token?: string) => {
+    const { operationId, vmId } = job.data;
+    const retryLater = async (ms: number) => {
+      await job.moveToDelayed(Date.now() + ms, token);
+      throw new DelayedError();
+    };
+    const ctx = await store.load(operationId);
+    if (!ctx || !['PENDING', 'RUNNING'].includes(ctx.op.state)) return { operationId, state: ctx?.op.state ?? 'GONE' };
+    if (await store.hasOlderActive(ctx.op)) return retryLater(250);
+    const unlock = await lockVm(opts.databaseUrl, vmId);
+    if (!unlock) return retryLater(250);
+    try {
+      const state = await executor.execute(operationId);
+      return { operationId, state };
+    } catch (e) {
+      if (e instanceof TransientError) throw e; // BullMQ retries with backoff
+      throw e;
+    } finally {
+      await unlock();
+    }
+  };
+
+  const worker = new Worker<ExecuteOperationJob>(OPERATIONS_QUEUE, processor, {
+    connection,
+    prefix,
+    concurrency: opts.concurrency ?? 4,
+    // A killed worker's job is taken over once its lock lapses.
+    lockDuration: 15_000,
+    stalledInterval: 5_000,
+    maxStalledCount: 5,
+  });
+  worker.on('error', (e) => log(`worker: ${e.message}`));
+
+  const enqueue = (operationId: string, vmId: string) =>
+    queue.add(EXECUTE_OPERATION, { operationId, vmId }, { jobId: operationJobId(operationId), attempts: 6, backoff: { type: 'exponential', delay: 500 }, removeOnComplete: 1000, removeOnFail: 1000 });
+
+  let stopping = false;
+  // Outbox → queue. Deterministic job ids make a re-send harmless.
+  const dispatch = async () => {
+    const rows = await store.pendingOutbox(200);
+    for (const r of rows) {
+      const vmId = await store.vmIdOf(r.payload.operation);
+      if (vmId) await enqueue(r.payload.operation, vmId);
+    }
+    await store.markDispatched(rows.map((r) => r.id));
+  };
+  // Re-drive anything stuck: a job lost with Redis, or one that ended in BullMQ without ending in Postgres.
+  const sweep = async () => {
+    for (const op of await store.unfinishedOperations(opts.stuckAfterMs ?? 30_000)) {
+      const job = await queue.getJob(operationJobId(op.id));
+      const state = job ? await job.getState() : 'missing';
+      if (state === 'missing' || state === 'completed' || state === 'failed' || state === 'unknown') {
+        if (job) await job.remove().catch(() => undefined);
+        log(`sweeper: re-sending operation ${op.id} (${op.state}, job ${state})`);
+        await enqueue(op.id, op.vmId);
+      }
+    }
+  };
+  const loop = (fn: () => Promise<void>, ms: number) => {
+    const tick = async () => {
+      if (stopping) return;
+      await fn().catch((e: unknown) => log(`${fn.name}: ${(e as Error).message}`));
+      if (!stopping) timers.push(setTimeout(tick, ms));
+    };
+    timers.push(setTimeout(tick, 0));
+  };
+  const timers: NodeJS.Timeout[] = [];
+  loop(dispatch, opts.dispatchIntervalMs ?? 100);
+  loop(sweep, opts.sweepIntervalMs ?? 5_000);
+
+  return {
+    worker,
+    queue,
+    driver,
+    stop: async () => {
+      stopping = true;
+      for (const t of timers) clearTimeout(t);
+      await worker.close();
+      await queue.close();
+      await db.close();
+    },
+  };
+}
