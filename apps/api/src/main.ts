@@ -15,16 +15,6 @@ async function main(): Promise<void> {
   }
   const log = (line: string) => console.log(`[memplane] ${line}`);
   const running = await startMemplane(config, log);
-  log(`migrations applied this start: ${running.appliedMigrations.length ? running.appliedMigrations.join(', ') : 'none (up to date)'}`);
-  log(`REST  ${running.httpUrl}  (OpenAPI ${running.httpUrl}/openapi.json, docs ${running.httpUrl}/docs)`);
-  log(`gRPC  ${running.grpcAddress}${config.grpcTls ? ' (TLS' + (config.grpcTls.clientCaPath ? ', mutual' : '') + ')' : ' (plaintext)'}`);
-  log(`Postgres ${'url' in config.database ? 'external (DATABASE_URL)' : `embedded, data in ${config.database.embedded.dir}`}; Redis ${'url' in config.redis ? 'external (REDIS_URL)' : `local redis-server on port ${config.redis.embedded.port}`}`);
-  if (running.bootstrapKey?.generated) {
-    log('bootstrap admin API key (shown once, stored only as a hash):');
-    console.log(running.bootstrapKey.key);
-  } else if (running.bootstrapKey) {
-    log('bootstrap admin API key registered from MEMPLANE_BOOTSTRAP_KEY');
-  }
   // One command runs everything on the embedded default: a worker executes operations in
   // this process too, unless MEMPLANE_WORKER=off (run apps/worker separately, as many as wanted).
   const env = process.env;
@@ -38,7 +28,6 @@ async function main(): Promise<void> {
           log: (line) => console.log(`[memplane-worker] ${line}`),
         })
       : undefined;
-  if (worker) log('worker: executing operations in this process (MEMPLANE_WORKER=off to run apps/worker separately)');
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
@@ -48,6 +37,19 @@ async function main(): Promise<void> {
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
+
+  // Printed last: once these lines are out, the service is fully up and stops cleanly on a signal.
+  log(`migrations applied this start: ${running.appliedMigrations.length ? running.appliedMigrations.join(', ') : 'none (up to date)'}`);
+  if (worker) log('worker: executing operations in this process (MEMPLANE_WORKER=off to run apps/worker separately)');
+  log(`Postgres ${'url' in config.database ? 'external (DATABASE_URL)' : `embedded, data in ${config.database.embedded.dir}`}; Redis ${'url' in config.redis ? 'external (REDIS_URL)' : `local redis-server on port ${config.redis.embedded.port}`}`);
+  log(`REST  ${running.httpUrl}  (OpenAPI ${running.httpUrl}/openapi.json, docs ${running.httpUrl}/docs)`);
+  if (running.bootstrapKey?.generated) {
+    log('bootstrap admin API key (shown once, stored only as a hash):');
+    console.log(running.bootstrapKey.key);
+  } else if (running.bootstrapKey) {
+    log('bootstrap admin API key registered from MEMPLANE_BOOTSTRAP_KEY');
+  }
+  log(`gRPC  ${running.grpcAddress}${config.grpcTls ? ' (TLS' + (config.grpcTls.clientCaPath ? ', mutual' : '') + ')' : ' (plaintext)'}`);
 }
 
 main().catch((e: unknown) => {

@@ -68,7 +68,6 @@ export async function startMemplane(config: AppConfig, log: (line: string) => vo
     app.useBodyParser('json', { limit: config.maxBodyBytes, strict: true, type: 'application/json' });
     app.useStaticAssets(join(require.resolve('swagger-ui-dist/package.json'), '..'), { prefix: '/docs/assets/', index: false });
     app.set('query parser', 'simple');
-    app.enableShutdownHooks();
     await app.listen(config.httpPort, config.listenHost);
     stops.push(() => app.close());
     const httpPort = (app.getHttpServer().address() as { port: number }).port;

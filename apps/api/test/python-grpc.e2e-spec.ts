@@ -136,7 +136,7 @@ describe('gRPC API from an independent client (Debian python3-grpcio)', () => {
   it('lists services and fetches descriptors by server reflection (grpc.reflection.v1)', () => {
     const r = obs.reflection;
     assert.equal(r.error, undefined);
-    assert.equal(r.responses, 2);
+    assert.equal(r.responses, 3);
     assert.ok(r.services.includes('memplane.v1.HostService') && r.services.includes('memplane.v1.PoolService'), r.services.join(','));
     // Reflection serves buf's descriptor set: the real files of proto/ and the imports they name.
     assert.ok(Object.keys(r.files).includes('memplane/v1/pool.proto'), Object.keys(r.files).join(','));

@@ -76,7 +76,7 @@ describe('the service entry point on its embedded default', () => {
       const hosts = await fetch(`${first.http}/v1/hosts`, { headers: { authorization: `Bearer ${first.key}` } });
       assert.equal(hosts.status, 200);
     } finally {
-      assert.equal(await stop(first), 0);
+      assert.equal(await stop(first), 0, first.output());
     }
     const second = await start(childEnv);
     try {
@@ -85,7 +85,7 @@ describe('the service entry point on its embedded default', () => {
       const hosts = await fetch(`${second.http}/v1/hosts`, { headers: { authorization: `Bearer ${first.key}` } });
       assert.equal(hosts.status, 200, 'the first start\'s key still works');
     } finally {
-      assert.equal(await stop(second), 0);
+      assert.equal(await stop(second), 0, second.output());
     }
   });
 

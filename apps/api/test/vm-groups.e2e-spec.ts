@@ -419,11 +419,15 @@ describe('VMs, memory groups, the ledger and operations over REST', () => {
     const rs = await http(api, 'GET', '/v1/vms/vm-run/memory-groups/r-s');
     assert.deepEqual([rs.body.desiredState, rs.body.state], ['PRESENT', 'PENDING']);
 
-    // Only PENDING operations can be cancelled. (TEST-ONLY: a worker would move it to RUNNING.)
+    // A RUNNING unplug is cancelled by asking its worker to stop and compensate: it stays
+    // RUNNING until the worker ends it. (TEST-ONLY: a worker would move it to RUNNING.)
     const unplug2 = await http(api, 'DELETE', '/v1/vms/vm-run/memory-groups/r-s');
     await new OperationRepository().setState(api.running.runtime.db.sql, unplug2.body.operation, 'RUNNING');
-    const running = expectProblem(await http(api, 'POST', `/v1/operations/${unplug2.body.operation}:cancel`), 409, 'OPERATION_NOT_CANCELLABLE');
-    assert.match(running.detail, /is RUNNING: only PENDING operations can be cancelled, and a worker is running its steps/);
+    const running = await http(api, 'POST', `/v1/operations/${unplug2.body.operation}:cancel`);
+    assert.equal(running.status, 200, JSON.stringify(running.body));
+    assert.equal(running.body.state, 'RUNNING');
+    const flag = await api.running.runtime.db.sql.query<{ c: boolean }>(`select cancel_requested as c from operations where id = $1::uuid`, [unplug2.body.operation]);
+    assert.equal(flag[0]!.c, true);
     assert.equal((await http(api, 'GET', `/v1/operations/${unplug2.body.operation}`)).body.attempts, 1);
 
     // Listing: filtered by VM and state, newest first, paged.

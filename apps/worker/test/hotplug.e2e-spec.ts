@@ -105,10 +105,19 @@ describe('hotplug engine on a real guest, driven through the API', () => {
     assert.equal(op.state, 'SUCCEEDED', JSON.stringify(op));
     const vm = await http(api, 'GET', '/v1/vms/vm-e2e');
     assert.equal(vm.body.state, 'RUNNING');
+    // Operator visibility: where QEMU runs and what it last showed.
+    assert.ok(vm.body.qemuPid > 0, JSON.stringify(vm.body));
+    assert.match(vm.body.qmpSocketPath, /qmp\.sock$/);
+    assert.match(vm.body.qgaSocketPath, /qga\.sock$/);
+    assert.deepEqual(
+      vm.body.observedMemoryDevices.map((d: { kind: string; id: string; sizeBytes: number; node: number }) => [d.kind, d.id, d.sizeBytes, d.node]),
+      [['dimm', 'dimm-dimm-a', 256 * MiB, 1]],
+    );
     const group = await http(api, 'GET', '/v1/vms/vm-e2e/memory-groups/dimm-a');
     assert.equal(group.body.state, 'PLUGGED', JSON.stringify(group.body));
     assert.equal(group.body.pluggedBytes, 256 * MiB);
     assert.equal(group.body.onlineBlocks, 2);
+    assert.deepEqual(group.body.onlineZones, { Movable: 2 });
     assert.equal(await nodeTotalBytes(1), 256 * MiB);
   });
 

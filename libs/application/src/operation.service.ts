@@ -52,6 +52,20 @@ export class OperationService {
       const vm = await this.vms.lockById(sql, found.vmId);
       const op = await this.operations.lock(sql, name);
       if (op.state === 'CANCELLED') return operationView(op);
+      if (op.state === 'RUNNING' && (op.kind === 'PLUG' || op.kind === 'UNPLUG')) {
+        // A worker holds it: ask it to stop. It compensates (a plug removes what it made and
+        // returns the capacity; an unplug puts offlined blocks back) and ends it CANCELLED.
+        await sql.query(`update operations set cancel_requested = true, updated_at = now() where id = $1::uuid`, [op.name]);
+        return operationView(await this.operations.get(sql, name));
+      }
+      if (op.state === 'RUNNING') {
+        throw DomainError.precondition(
+          'OPERATION_NOT_CANCELLABLE',
+          `operation ${op.name} is a RUNNING ${op.kind}: only PENDING operations, and running PLUG or UNPLUG operations, can be cancelled` +
+            (op.kind === 'RESIZE' ? '; resize the group again instead' : op.kind === 'START' ? '; stop the VM instead' : ''),
+          { operation: op.name, state: op.state, kind: op.kind },
+        );
+      }
       nextOperationState(op.name, op.state, 'CANCEL');
       await this.rollBack(sql, vm, op);
       await this.operations.setState(sql, op.name, 'CANCELLED');

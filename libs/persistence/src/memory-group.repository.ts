@@ -24,6 +24,8 @@ export interface MemoryGroupRecord extends StoredMemoryGroup {
   state: GroupObservedState;
   pluggedBytes: number;
   onlineBlocks: number;
+  /** Online blocks per guest zone, as last observed. */
+  onlineZones: Record<string, number>;
   version: number;
   etag: string;
   createTime: Date;
@@ -60,6 +62,7 @@ interface GroupRow {
   state: string;
   plugged_bytes: string | number;
   online_blocks: number;
+  online_zones?: Record<string, number> | null;
   version: number;
   created_at: Date | string;
   updated_at: Date | string;
@@ -89,6 +92,7 @@ function toRecord(r: GroupRow): MemoryGroupRecord {
     state: r.state as GroupObservedState,
     pluggedBytes: Number(r.plugged_bytes),
     onlineBlocks: r.online_blocks,
+    onlineZones: r.online_zones ?? {},
     version: r.version,
     etag: etagOf(r.version),
     createTime: new Date(r.created_at),
@@ -112,7 +116,7 @@ const SELECT = `select g.id, g.vm_id, g.name, g.pool_id, p.name as pool, p.host_
   p.memory_type::text as pool_memory_type, p.cpu_addressable as pool_cpu_addressable, p.dax_device_path as pool_dax_device_path,
   p.capacity_bytes as pool_capacity_bytes, p.granule_bytes as pool_granule_bytes, g.kind::text as kind, g.size_bytes, g.max_size_bytes,
   g.block_size_bytes, g.requested_bytes, g.online_type::text as online_type, g.guest_node_id, g.desired_state::text as desired_state, g.held_bytes,
-  g.hotplugged, g.state::text as state, g.plugged_bytes, g.online_blocks, g.version, g.created_at, g.updated_at,
+  g.hotplugged, g.state::text as state, g.plugged_bytes, g.online_blocks, g.online_zones, g.version, g.created_at, g.updated_at,
   o.id as op_id, o.kind::text as op_kind, o.state::text as op_state
   from memory_groups g join pools p on p.id = g.pool_id
   left join operations o on o.group_id = g.id and o.state in ('PENDING', 'RUNNING')`;

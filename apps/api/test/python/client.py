@@ -170,7 +170,7 @@ def sample_host(name):
     )
 
 
-def reflection_observations(channel):
+def reflection_observations(channel, metadata):
     """Lists the services, fetches the file that defines PoolService, compares
     its messages with our stubs, and tries to load it the way strict clients
     (grpcurl, protobuf's DescriptorPool) do."""
@@ -178,18 +178,22 @@ def reflection_observations(channel):
     requests = [
         reflection_pb2.ServerReflectionRequest(list_services=""),
         reflection_pb2.ServerReflectionRequest(file_containing_symbol="memplane.v1.PoolService"),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="memplane.v1.HostService"),
     ]
-    responses = list(stub.ServerReflectionInfo(iter(requests), timeout=TIMEOUT))
+    responses = list(stub.ServerReflectionInfo(iter(requests), metadata=metadata, timeout=TIMEOUT))
     out = {"responses": len(responses), "services": [], "files": {}}
-    files = []
+    files = {}
     for r in responses:
         kind = r.WhichOneof("message_response")
         if kind == "list_services_response":
             out["services"] = sorted(s.name for s in r.list_services_response.service)
         elif kind == "file_descriptor_response":
-            files = [descriptor_pb2.FileDescriptorProto.FromString(raw) for raw in r.file_descriptor_response.file_descriptor_proto]
+            for raw in r.file_descriptor_response.file_descriptor_proto:
+                fd = descriptor_pb2.FileDescriptorProto.FromString(raw)
+                files[fd.name] = fd
         elif kind == "error_response":
             out["error"] = {"code": r.error_response.error_code, "message": r.error_response.error_message}
+    files = list(files.values())
     out["files"] = {fd.name: list(fd.dependency) for fd in files}
 
     # What the raw descriptors say, read without building them.
@@ -242,7 +246,8 @@ def main():
     unknown, _ = attempt(lambda: health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=TIMEOUT))
     obs["health"] = {"overall": ServingStatus.Name(overall.status), "pool_service": ServingStatus.Name(per_service.status), "unknown_service": unknown["code"]}
 
-    obs["reflection"] = reflection_observations(channel)
+    # Reflection needs a key like every call but health.
+    obs["reflection"] = reflection_observations(channel, writer)
 
     # A host, read back.
     created = hosts.CreateHost(host_pb2.CreateHostRequest(host=sample_host("py-host"), request_id="py-create-host-1"), metadata=writer, timeout=TIMEOUT)

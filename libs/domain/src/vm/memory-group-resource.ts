@@ -87,6 +87,8 @@ export interface MemoryGroup {
   state: GroupObservedState;
   pluggedBytes: number;
   onlineBlocks: number;
+  /** Output only: online blocks per guest zone (Movable, Normal), as last observed. */
+  onlineZones?: Record<string, number>;
   /** The operation bringing the guest to the desired state, while one is pending or running. */
   operation?: string;
   etag: string;

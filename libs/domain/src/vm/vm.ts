@@ -47,6 +47,13 @@ export interface VmSpec {
 export interface Vm extends VmSpec {
   uid: string;
   state: VmState;
+  /** Output only, while QEMU runs: its pid and the sockets any worker re-attaches through. */
+  qemuPid?: number;
+  qmpSocketPath?: string;
+  qgaSocketPath?: string;
+  /** Output only: query-memory-devices as the engine last saw it, and when. */
+  observedMemoryDevices?: Record<string, unknown>[];
+  observeTime?: Date;
   etag: string;
   createTime: Date;
   updateTime: Date;
