@@ -1,6 +1,6 @@
-import type { GroupOnlineType as DomainOnlineType, GuestMemoryOverrides as DomainOverrides, MemoryGroupKind as DomainKind, OnlinePolicy as DomainOnlinePolicy, VmSpec } from '#domain';
+import type { VmSpec } from '#domain';
 import type { PreviewMemoryGroupInput, TopologyView } from '#application';
-import { GroupOnlineType, MemoryGroupKind, type MemoryGroup } from '#contracts/generated/memplane/v1/memory_group';
+import type { MemoryGroup } from '#contracts/generated/memplane/v1/memory_group';
 import {
   HmatDataType,
   MemoryDeviceModel,
@@ -15,27 +15,11 @@ import {
   type Topology,
   type TopologyServiceServer,
 } from '#contracts/generated/memplane/v1/topology';
-import { OnlinePolicy, type Vm } from '#contracts/generated/memplane/v1/vm';
+import type { Vm } from '#contracts/generated/memplane/v1/vm';
 import type { Runtime } from '../runtime';
 import { big, Converter, requireMessage } from './convert';
+import { KIND, ONLINE_TYPE, ONLINE_TYPE_OUT, vmSpecFrom } from './vm.grpc';
 import type { GrpcRegistry } from './server';
-
-// Input vocabularies (the same tables as vm.grpc.ts).
-const KIND: Record<number, DomainKind> = { [MemoryGroupKind.MEMORY_GROUP_KIND_STATIC]: 'STATIC', [MemoryGroupKind.MEMORY_GROUP_KIND_DYNAMIC]: 'DYNAMIC' };
-const ONLINE_TYPE: Record<number, DomainOnlineType> = {
-  [GroupOnlineType.GROUP_ONLINE_TYPE_ONLINE_MOVABLE]: 'ONLINE_MOVABLE',
-  [GroupOnlineType.GROUP_ONLINE_TYPE_ONLINE_KERNEL]: 'ONLINE_KERNEL',
-  [GroupOnlineType.GROUP_ONLINE_TYPE_AUTO]: 'AUTO',
-};
-const ONLINE_TYPE_OUT: Record<DomainOnlineType, GroupOnlineType> = {
-  ONLINE_MOVABLE: GroupOnlineType.GROUP_ONLINE_TYPE_ONLINE_MOVABLE,
-  ONLINE_KERNEL: GroupOnlineType.GROUP_ONLINE_TYPE_ONLINE_KERNEL,
-  AUTO: GroupOnlineType.GROUP_ONLINE_TYPE_AUTO,
-};
-const ONLINE_POLICY: Record<number, DomainOnlinePolicy> = {
-  [OnlinePolicy.ONLINE_POLICY_CONTIG_ZONES]: 'CONTIG_ZONES',
-  [OnlinePolicy.ONLINE_POLICY_AUTO_MOVABLE]: 'AUTO_MOVABLE',
-};
 
 // Output vocabularies.
 const NODE_KIND = { CPU: TopologyNodeKind.TOPOLOGY_NODE_KIND_CPU, CXL: TopologyNodeKind.TOPOLOGY_NODE_KIND_CXL } as const;
@@ -50,38 +34,9 @@ const TIER_SOURCE = { HMAT: TierSource.TIER_SOURCE_HMAT, DEFAULT: TierSource.TIE
 const MODEL = { PC_DIMM: MemoryDeviceModel.MEMORY_DEVICE_MODEL_PC_DIMM, VIRTIO_MEM_PCI: MemoryDeviceModel.MEMORY_DEVICE_MODEL_VIRTIO_MEM_PCI } as const;
 const PURPOSE = { VIRTIO_MEM: PciePortPurpose.PCIE_PORT_PURPOSE_VIRTIO_MEM, SPARE: PciePortPurpose.PCIE_PORT_PURPOSE_SPARE } as const;
 
-function overridesFrom(c: Converter, o: Vm['guestMemory']): DomainOverrides {
-  if (!o) return {};
-  const out: DomainOverrides = {};
-  if (o.memoryBlockSizeBytes !== undefined) out.memoryBlockSizeBytes = c.num('vm.guestMemory.memoryBlockSizeBytes', o.memoryBlockSizeBytes);
-  if (o.memmapOnMemory !== undefined) out.memmapOnMemory = o.memmapOnMemory;
-  if (o.onlinePolicy) out.onlinePolicy = c.enumValue('vm.guestMemory.onlinePolicy', o.onlinePolicy, ONLINE_POLICY);
-  if (o.autoMovableRatioPercent !== undefined) out.autoMovableRatioPercent = o.autoMovableRatioPercent;
-  if (o.autoMovableNumaAware !== undefined) out.autoMovableNumaAware = o.autoMovableNumaAware;
-  if (o.virtioMemForceBbm !== undefined) out.virtioMemForceBbm = o.virtioMemForceBbm;
-  if (o.virtioMemBbmBlockSizeBytes !== undefined) out.virtioMemBbmBlockSizeBytes = c.num('vm.guestMemory.virtioMemBbmBlockSizeBytes', o.virtioMemBbmBlockSizeBytes);
-  return out;
-}
-
 /** The hypothetical VM: CreateVm's fields; an empty name is "preview". */
 function previewVmFrom(c: Converter, v: Vm): VmSpec {
-  return {
-    name: v.name || 'preview',
-    description: v.description,
-    labels: { ...v.labels },
-    host: v.host,
-    kernelProfile: v.kernelProfile,
-    guestMemory: overridesFrom(c, v.guestMemory),
-    guestNodes: v.guestNodes.map((n, i) => ({
-      guestNodeId: n.guestNodeId,
-      vcpus: n.vcpus,
-      bootMemoryBytes: c.num(`vm.guestNodes[${i}].bootMemoryBytes`, n.bootMemoryBytes),
-      ...(n.hostNodeId !== undefined ? { hostNodeId: n.hostNodeId } : {}),
-    })),
-    memorySlots: v.memorySlots,
-    maxMemoryBytes: c.num('vm.maxMemoryBytes', v.maxMemoryBytes),
-    sparePciePorts: v.sparePciePorts,
-  };
+  return { ...vmSpecFrom(c, v), name: v.name || 'preview' };
 }
 
 /** CreateMemoryGroup's fields; proto3 zeros of the other kind's fields mean "not given". */

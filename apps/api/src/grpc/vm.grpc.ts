@@ -94,8 +94,8 @@ const DECISION: Record<number, 'EXPLICIT' | 'CONTIG_ZONES' | 'AUTO_MOVABLE'> = {
   [ZoneDecision.ZONE_DECISION_CONTIG_ZONES]: 'CONTIG_ZONES',
   [ZoneDecision.ZONE_DECISION_AUTO_MOVABLE]: 'AUTO_MOVABLE',
 };
-const KIND: Record<number, DomainKind> = { [MemoryGroupKind.MEMORY_GROUP_KIND_STATIC]: 'STATIC', [MemoryGroupKind.MEMORY_GROUP_KIND_DYNAMIC]: 'DYNAMIC' };
-const ONLINE_TYPE: Record<number, DomainOnlineType> = {
+export const KIND: Record<number, DomainKind> = { [MemoryGroupKind.MEMORY_GROUP_KIND_STATIC]: 'STATIC', [MemoryGroupKind.MEMORY_GROUP_KIND_DYNAMIC]: 'DYNAMIC' };
+export const ONLINE_TYPE: Record<number, DomainOnlineType> = {
   [GroupOnlineType.GROUP_ONLINE_TYPE_ONLINE_MOVABLE]: 'ONLINE_MOVABLE',
   [GroupOnlineType.GROUP_ONLINE_TYPE_ONLINE_KERNEL]: 'ONLINE_KERNEL',
   [GroupOnlineType.GROUP_ONLINE_TYPE_AUTO]: 'AUTO',
@@ -147,7 +147,7 @@ const ONLINE_POLICY_OUT = invert(ONLINE_POLICY);
 const ZONE_OUT = invert(ZONE);
 const DECISION_OUT = invert(DECISION);
 const KIND_OUT = invert(KIND);
-const ONLINE_TYPE_OUT = invert(ONLINE_TYPE);
+export const ONLINE_TYPE_OUT = invert(ONLINE_TYPE);
 const DESIRED_OUT = invert(DESIRED);
 const GROUP_STATE_OUT = invert(GROUP_STATE);
 const UNIT_MODE_OUT = invert(UNIT_MODE);
@@ -181,7 +181,8 @@ function overridesTo(o: DomainOverrides): GuestMemoryOverrides {
   };
 }
 
-function vmSpecFrom(c: Converter, v: Vm): VmSpec {
+/** CreateVm's fields as the domain's VmSpec (also the hypothetical VM of a topology preview). */
+export function vmSpecFrom(c: Converter, v: Vm): VmSpec {
   return {
     name: v.name,
     description: v.description,
