@@ -6,6 +6,7 @@ import { EngineStore, OperationExecutor, TransientError, type ExecutorConfig } f
 import { LocalHypervisorDriver, type HypervisorDriver } from '#hypervisor';
 import { Database } from '#persistence';
 import { projectRoot } from '#platform';
+import { startIntake } from './intake';
 import { EXECUTE_OPERATION, OPERATIONS_QUEUE, operationJobId, redisConnection, type ExecuteOperationJob } from '#queue';
 
 export interface WorkerOptions {
@@ -22,11 +23,16 @@ export interface WorkerOptions {
   /** A non-terminal operation untouched for this long is re-sent (its job may be lost with Redis). */
   stuckAfterMs?: number;
   driver?: HypervisorDriver;
+  /** Consume the automation intake queue (memplane-requests) too; default true. */
+  intake?: boolean;
+  /** Execute operations; default true (false: an intake-only process). */
+  executeOperations?: boolean;
   log?: (line: string) => void;
 }
 
 export interface RunningWorker {
-  worker: Worker<ExecuteOperationJob>;
+  worker: Worker<ExecuteOperationJob> | undefined;
+  intake: Worker | undefined;
   queue: Queue<ExecuteOperationJob>;
   driver: HypervisorDriver;
   stop(): Promise<void>;
@@ -118,16 +124,20 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     }
   };
 
-  const worker = new Worker<ExecuteOperationJob>(OPERATIONS_QUEUE, processor, {
-    connection,
-    prefix,
-    concurrency: opts.concurrency ?? 4,
-    // A killed worker's job is taken over once its lock lapses.
-    lockDuration: 15_000,
-    stalledInterval: 5_000,
-    maxStalledCount: 5,
-  });
-  worker.on('error', (e) => log(`worker: ${e.message}`));
+  const worker =
+    opts.executeOperations === false
+      ? undefined
+      : new Worker<ExecuteOperationJob>(OPERATIONS_QUEUE, processor, {
+          connection,
+          prefix,
+          concurrency: opts.concurrency ?? 4,
+          // A killed worker's job is taken over once its lock lapses.
+          lockDuration: 15_000,
+          stalledInterval: 5_000,
+          maxStalledCount: 5,
+        });
+  worker?.on('error', (e) => log(`worker: ${e.message}`));
+  const intake = opts.intake === false ? undefined : startIntake(db, connection, prefix, log);
 
   const enqueue = (operationId: string, vmId: string) =>
     queue.add(EXECUTE_OPERATION, { operationId, vmId }, { jobId: operationJobId(operationId), attempts: 6, backoff: { type: 'exponential', delay: 500 }, removeOnComplete: 1000, removeOnFail: 1000 });
@@ -168,12 +178,14 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
 
   return {
     worker,
+    intake,
     queue,
     driver,
     stop: async () => {
       stopping = true;
       for (const t of timers) clearTimeout(t);
-      await worker.close();
+      await worker?.close();
+      await intake?.close();
       await queue.close();
       await db.close();
     },
