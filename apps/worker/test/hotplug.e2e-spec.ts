@@ -11,7 +11,7 @@ import { cachedGuestImages, startWorker, type RunningWorker } from '../src/worke
 
 /**
  * The hotplug engine end to end, through the public REST API only, against a real QEMU and
- * a real Debian 6.12 guest: a worker executes every Operation the API records.
+ * real Debian 6.1 and 6.12 guests: a worker executes every Operation the API records.
  */
 
 async function waitOperation(api: TestApi, name: string, timeoutMs = 120_000): Promise<any> {
@@ -25,7 +25,8 @@ async function waitOperation(api: TestApi, name: string, timeoutMs = 120_000): P
   }
 }
 
-describe('hotplug engine on a real guest, driven through the API', () => {
+for (const kernel of ['linux-6.1', 'linux-6.12'] as const) {
+describe(`hotplug engine on a real ${kernel} guest, driven through the API`, () => {
   let api: TestApi;
   let worker: RunningWorker;
   let vmId = '';
@@ -39,12 +40,12 @@ describe('hotplug engine on a real guest, driven through the API', () => {
   const nodeTotalBytes = async (node: number) => Number(/MemTotal:\s+(\d+) kB/.exec(await guestCat(`/sys/devices/system/node/node${node}/meminfo`))![1]) * 1024;
 
   before(async () => {
-    ensureGuestImages('linux-6.12');
+    ensureGuestImages(kernel);
     api = await startTestApi();
     worker = await startWorker({
       databaseUrl: api.databaseUrl,
       redisUrl: testServices().redisUrl,
-      prefix: `t${process.pid}`,
+      prefix: `t${process.pid}${kernel.replace(".", "")}`,
       executor: {
         runtimeDir,
         bootImage: cachedGuestImages(projectRoot()),
@@ -77,7 +78,7 @@ describe('hotplug engine on a real guest, driven through the API', () => {
       body: {
         name: 'vm-e2e',
         host: 'hv-e2e',
-        kernelProfile: 'linux-6.12',
+        kernelProfile: kernel,
         guestNodes: [{ guestNodeId: 0, vcpus: 2, bootMemoryBytes: 512 * MiB, hostNodeId: 0 }],
         memorySlots: 4,
         maxMemoryBytes: 4 * GiB,
@@ -184,3 +185,4 @@ describe('hotplug engine on a real guest, driven through the API', () => {
     assert.equal((await http(api, 'GET', '/v1/vms/vm-e2e')).body.state, 'STOPPED');
   });
 });
+}

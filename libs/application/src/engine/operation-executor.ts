@@ -332,7 +332,9 @@ export class OperationExecutor {
         return this.driver.qomSet(vmId, `/machine/peripheral/${step.deviceId}`, 'requested-size', step.bytes);
       case 'online-blocks': {
         const res = await this.driver.onlineGuestMemoryBlocks(vmId, step.indexes, step.zone);
-        const bad = res.filter((r) => r.response !== 'success');
+        // A block that vanished meanwhile (ENODEV, or not-found) was being removed by the
+        // guest: the next observation tells what is left to do.
+        const bad = res.filter((r) => r.response !== 'success' && r.response !== 'not-found' && r.errorCode !== 19 && !/No such device/.test(r.message ?? ''));
         if (bad.length)
           throw DomainError.precondition(
             'GUEST_ONLINE_FAILED',

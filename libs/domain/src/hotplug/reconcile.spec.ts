@@ -102,7 +102,16 @@ describe('dynamic group', () => {
       indexes: [33, 34],
       zone: 'online_movable',
     });
-    assert.equal(nextHotplugStep(dynamicGroup(512 * MiB), vm([vmem(512 * MiB, 512 * MiB)], ['mem-g'], [[32, true], [33, true]])).kind, 'done');
+    assert.equal(nextHotplugStep(dynamicGroup(512 * MiB), vm([vmem(512 * MiB, 512 * MiB)], ['mem-g'], [[32, true], [33, true]])).kind, 'wait');
+    assert.equal(nextHotplugStep(dynamicGroup(512 * MiB), vm([vmem(512 * MiB, 512 * MiB)], ['mem-g'], [[32, true], [33, true], [34, true], [35, true]])).kind, 'done');
+  });
+  it('leaves alone an offline block the driver is removing after a shrink', () => {
+    assert.equal(nextHotplugStep(dynamicGroup(128 * MiB), vm([vmem(128 * MiB, 128 * MiB)], ['mem-g'], [[32, true], [33, false]])).kind, 'done');
+    assert.deepEqual(nextHotplugStep(dynamicGroup(256 * MiB), vm([vmem(256 * MiB, 256 * MiB)], ['mem-g'], [[32, true], [33, false], [34, false]])), {
+      kind: 'online-blocks',
+      indexes: [33],
+      zone: 'online_movable',
+    });
   });
   it('shrinks by lowering the requested size and waiting for the guest', () => {
     assert.deepEqual(nextHotplugStep(dynamicGroup(128 * MiB), vm([vmem(512 * MiB, 512 * MiB)], ['mem-g'])), { kind: 'set-requested-size', deviceId: 'vmem-g', bytes: 128 * MiB });

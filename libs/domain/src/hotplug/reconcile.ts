@@ -134,6 +134,15 @@ export function nextHotplugStep(desired: DesiredGroupMemory, observed: ObservedV
     return { kind: 'wait', reason: `the guest has added ${blocks.length} of ${expectedBlocks} memory blocks of ${device.id}` };
   }
   const offline = blocks.filter((b) => !b.online);
+  if (desired.kind === 'DYNAMIC') {
+    // After a shrink the virtio-mem driver offlines and then removes blocks itself: an
+    // offline block beyond what the plugged size needs is on its way out, not to be onlined.
+    const needed = Math.ceil(device.sizeBytes / observed.guestBlockSizeBytes);
+    const online = blocks.length - offline.length;
+    if (online >= needed) return summary(blocks.filter((b) => b.online), device.sizeBytes);
+    if (offline.length === 0) return { kind: 'wait', reason: `the guest has added ${online} of ${needed} memory blocks of ${device.id}` };
+    return { kind: 'online-blocks', indexes: offline.slice(0, needed - online).map((b) => b.index), zone: zoneRequestFor(desired.onlineType) };
+  }
   if (offline.length) return { kind: 'online-blocks', indexes: offline.map((b) => b.index), zone: zoneRequestFor(desired.onlineType) };
   return summary(blocks, device.sizeBytes);
 }
