@@ -1,5 +1,5 @@
 import { Redis } from 'ioredis';
-import { ApiKeyService, HostService, LedgerService, MemoryGroupService, Mutations, OperationService, PoolService, TopologyService, VmService } from '#application';
+import { ApiKeyService, HostService, LedgerService, MemoryGroupService, Mutations, OperationService, PoolService, TopologyService, VmService, WatchService } from '#application';
 import { Database } from '#persistence';
 import type { AppConfig } from '#platform';
 
@@ -18,6 +18,7 @@ export class Runtime {
   readonly operations: OperationService;
   readonly ledger: LedgerService;
   readonly topology: TopologyService;
+  readonly watch: WatchService;
 
   constructor(
     readonly config: AppConfig,
@@ -33,6 +34,7 @@ export class Runtime {
     this.operations = new OperationService(this.mutations);
     this.ledger = new LedgerService(this.mutations);
     this.topology = new TopologyService(this.mutations);
+    this.watch = new WatchService(this.operations, this.vms);
   }
 
   static create(config: AppConfig, urls: { databaseUrl: string; redisUrl: string }): Runtime {

@@ -10,5 +10,6 @@ export * from './vm.service';
 export * from './operation.service';
 export * from './ledger.service';
 export * from './topology.service';
+export * from './watch.service';
 export * from './engine/engine-store';
 export * from './engine/operation-executor';

@@ -70,6 +70,7 @@ import {
 import type { Runtime } from '../runtime';
 import { big, Converter, invert, requireMessage } from './convert';
 import type { GrpcRegistry } from './server';
+import { watchOperationHandler, watchVmHandler } from './watch.grpc';
 
 const VM_STATE: Record<number, DomainVmState> = {
   [VmState.VM_STATE_DEFINED]: 'DEFINED',
@@ -409,6 +410,7 @@ export function registerVms(registry: GrpcRegistry, rt: Runtime): void {
     }),
     startVm: registry.unary(async (ctx, req: StartVmRequest) => operationToProto(await rt.vms.start(ctx, req.name, req.etag || undefined, req.requestId || undefined))),
     stopVm: registry.unary(async (ctx, req: StopVmRequest) => operationToProto(await rt.vms.stop(ctx, req.name, req.etag || undefined, req.requestId || undefined))),
+    watchVm: watchVmHandler(registry, rt),
   };
   registry.add(VmServiceService, vms);
 
@@ -447,6 +449,7 @@ export function registerVms(registry: GrpcRegistry, rt: Runtime): void {
       return { operations: page.items.map(operationToProto), nextPageToken: page.nextPageToken, totalSize: page.totalSize };
     }),
     cancelOperation: registry.unary(async (ctx, req: CancelOperationRequest) => operationToProto(await rt.operations.cancel(ctx, req.name, req.requestId || undefined))),
+    watchOperation: watchOperationHandler(registry, rt),
   };
   registry.add(OperationServiceService, operations);
 

@@ -8,13 +8,14 @@ import { HostsController, PoolsController } from './inventory.controller';
 import { OpenApiController } from './openapi';
 import { TopologyController } from './topology.controller';
 import { OperationsController, PoolLedgerController, VmsController } from './vm.controller';
+import { WatchController } from './watch.controller';
 
 @Module({})
 export class RestModule {
   static forRuntime(runtime: Runtime): DynamicModule {
     return {
       module: RestModule,
-      controllers: [HostsController, PoolsController, PoolLedgerController, VmsController, TopologyController, OperationsController, ApiKeysController, HealthController, OpenApiController],
+      controllers: [HostsController, PoolsController, PoolLedgerController, VmsController, TopologyController, OperationsController, WatchController, ApiKeysController, HealthController, OpenApiController],
       providers: [
         { provide: RUNTIME, useValue: runtime },
         { provide: APP_GUARD, useClass: AuthGuard },
