@@ -110,9 +110,9 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     };
     const ctx = await store.load(operationId);
     if (!ctx || !['PENDING', 'RUNNING'].includes(ctx.op.state)) return { operationId, state: ctx?.op.state ?? 'GONE' };
-    if (await store.hasOlderActive(ctx.op)) return retryLater(250);
+    if (await store.hasOlderActive(ctx.op)) return retryLater(50);
     const unlock = await lockVm(opts.databaseUrl, vmId);
-    if (!unlock) return retryLater(250);
+    if (!unlock) return retryLater(50);
     try {
       const state = await executor.execute(operationId);
       return { operationId, state };
@@ -173,7 +173,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     timers.push(setTimeout(tick, 0));
   };
   const timers: NodeJS.Timeout[] = [];
-  loop(dispatch, opts.dispatchIntervalMs ?? 100);
+  loop(dispatch, opts.dispatchIntervalMs ?? 20);
   loop(sweep, opts.sweepIntervalMs ?? 5_000);
 
   return {

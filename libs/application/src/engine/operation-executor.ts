@@ -304,7 +304,7 @@ export class OperationExecutor {
       if (step.kind === 'wait') {
         lastWait = step.reason;
         if (Date.now() > deadline) return this.timedOut(ctx, g, desired, observed, step.reason, offlined);
-        await new Promise((r) => setTimeout(r, 200));
+        await new Promise((r) => setTimeout(r, 25));
         continue;
       }
       try {
