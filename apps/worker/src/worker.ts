@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { DelayedError, Queue, Worker, type Job } from 'bullmq';
 import { Client } from 'pg';
-import { EngineStore, OperationExecutor, TransientError, type ExecutorConfig } from '#application';
+import { EngineStore, OperationExecutor, type ExecutorConfig } from '#application';
 import { LocalHypervisorDriver, type HypervisorDriver } from '#hypervisor';
 import { Database } from '#persistence';
 import { projectRoot } from '#platform';
@@ -102,25 +102,33 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   const prefix = opts.prefix ?? 'bull';
   const queue = new Queue<ExecuteOperationJob>(OPERATIONS_QUEUE, { connection, prefix });
 
+  const enqueueOptions = { attempts: 6, backoff: { type: 'exponential' as const, delay: 500 }, removeOnComplete: 1000, removeOnFail: 1000 };
+
+  /**
+   * Operations on one VM run in order, one at a time. Only the VM's oldest unfinished
+   * operation runs; a job for a later one ends at once, and whoever finishes the head
+   * enqueues the next (the sweeper backs that up). Workers never spin on a busy VM.
+   */
   const processor = async (job: Job<ExecuteOperationJob>, token?: string) => {
     const { operationId, vmId } = job.data;
-    const retryLater = async (ms: number) => {
-      await job.moveToDelayed(Date.now() + ms, token);
-      throw new DelayedError();
-    };
-    const ctx = await store.load(operationId);
-    if (!ctx || !['PENDING', 'RUNNING'].includes(ctx.op.state)) return { operationId, state: ctx?.op.state ?? 'GONE' };
-    if (await store.hasOlderActive(ctx.op)) return retryLater(50);
+    const head = await store.headOperation(vmId);
+    if (head !== operationId) return { operationId, deferredTo: head ?? null };
     const unlock = await lockVm(opts.databaseUrl, vmId);
-    if (!unlock) return retryLater(50);
+    if (!unlock) {
+      // Another worker still holds the VM (it is finishing this very operation's previous attempt).
+      await job.moveToDelayed(Date.now() + 50, token);
+      throw new DelayedError();
+    }
+    let state: string | undefined;
     try {
-      const state = await executor.execute(operationId);
+      state = await executor.execute(operationId);
       return { operationId, state };
-    } catch (e) {
-      if (e instanceof TransientError) throw e; // BullMQ retries with backoff
-      throw e;
     } finally {
       await unlock();
+      if (state) {
+        const next = await store.headOperation(vmId).catch(() => undefined);
+        if (next) await queue.add(EXECUTE_OPERATION, { operationId: next, vmId }, { ...enqueueOptions, jobId: `${operationJobId(next)}-after-${operationId}` }).catch(() => undefined);
+      }
     }
   };
 
@@ -139,8 +147,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   worker?.on('error', (e) => log(`worker: ${e.message}`));
   const intake = opts.intake === false ? undefined : startIntake(db, connection, prefix, log);
 
-  const enqueue = (operationId: string, vmId: string) =>
-    queue.add(EXECUTE_OPERATION, { operationId, vmId }, { jobId: operationJobId(operationId), attempts: 6, backoff: { type: 'exponential', delay: 500 }, removeOnComplete: 1000, removeOnFail: 1000 });
+  const enqueue = (operationId: string, vmId: string) => queue.add(EXECUTE_OPERATION, { operationId, vmId }, { ...enqueueOptions, jobId: operationJobId(operationId) });
 
   let stopping = false;
   // Outbox → queue. Deterministic job ids make a re-send harmless.

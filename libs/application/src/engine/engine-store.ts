@@ -74,13 +74,13 @@ export class EngineStore {
     return { pid: r.qemu_pid, qmpSocketPath: r.qmp_socket_path, qgaSocketPath: r.qga_socket_path, runtimeDir: r.runtime_dir };
   }
 
-  /** True while an older operation of the same VM has not ended: operations on one VM run in order. */
-  async hasOlderActive(op: OperationRecord): Promise<boolean> {
-    const rows = await this.db.sql.query<{ n: string }>(
-      `select count(*) as n from operations where vm_id = $1::uuid and seq < $2 and state in ('PENDING', 'RUNNING')`,
-      [op.vmId, op.seq],
+  /** The VM's oldest unfinished operation: the only one that may run now. */
+  async headOperation(vmId: string): Promise<string | undefined> {
+    const rows = await this.db.sql.query<{ id: string }>(
+      `select id from operations where vm_id = $1::uuid and state in ('PENDING', 'RUNNING') order by seq limit 1`,
+      [vmId],
     );
-    return Number(rows[0]?.n ?? 0) > 0;
+    return rows[0]?.id;
   }
 
   async markRunning(op: OperationRecord): Promise<void> {
