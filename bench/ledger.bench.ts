@@ -23,15 +23,14 @@
  * what bounds the 100-pool figure here.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
 import { Pool as PgPool, type PoolClient } from 'pg';
 import { checkLedgerInvariants, GiB, ledgerRelease, ledgerReserve, MiB, TiB, type LedgerExtent } from '#domain';
-import { applyMigrations, loadConfig, projectRoot, startEmbeddedPostgres, startEmbeddedRedis } from '#platform';
+import { generateApiKey } from '#application';
+import { applyMigrations, freePort, loadConfig, projectRoot, startEmbeddedPostgres, startEmbeddedRedis } from '#platform';
 import { startMemplane } from '../apps/api/src/server';
 import {
   CreateMemoryGroupRequest,
@@ -54,21 +53,7 @@ const LIVE_PER_CLIENT = 4;
 const SPREAD_POOLS = 100;
 const GROUP_BYTES = 256 * MiB;
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
 
-function newKey(): string {
-  const alnum = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
-  return `mp_${Array.from(randomBytes(8), (b) => alnum[b % alnum.length]).join('')}_${randomBytes(32).toString('base64url')}`;
-}
 
 interface Stats {
   allocations: number;
@@ -174,7 +159,7 @@ async function main(): Promise<void> {
     stops.push(redis.stop);
     await applyMigrations(pg.url);
 
-    const key = newKey();
+    const key = generateApiKey();
     const httpPort = await freePort();
     const grpcPort = await freePort();
     const env = {

@@ -18,13 +18,12 @@
  * and the worker in this process. Targets (issue): the control plane adds at most 10 %, or at
  * most 60 ms at p99; the queue machinery runs ≥ 1,000 operations/s.
  */
-import { randomBytes } from 'node:crypto';
 import { mkdirSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
-import { applyMigrations, loadConfig, projectRoot, startEmbeddedPostgres, startEmbeddedRedis } from '#platform';
+import { generateApiKey } from '#application';
+import { applyMigrations, freePort, loadConfig, projectRoot, startEmbeddedPostgres, startEmbeddedRedis } from '#platform';
 import { ensureGuestImages, GUEST_ACCEL, GUEST_CPU_MODEL } from '#testing/guest';
 import type { HypervisorDriver } from '#hypervisor';
 import { startMemplane } from '../apps/api/src/server';
@@ -46,21 +45,7 @@ const SKIP_GUEST = args.includes('--skip-guest');
 const SKIP_QUEUE = args.includes('--skip-queue');
 const POLL_MS = 10;
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
 
-function newKey(): string {
-  const alnum = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
-  return `mp_${Array.from(randomBytes(8), (b) => alnum[b % alnum.length]).join('')}_${randomBytes(32).toString('base64url')}`;
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -432,7 +417,7 @@ async function main(): Promise<void> {
     const redis = await startEmbeddedRedis({ dir: join(dir, 'redis'), port: await freePort() });
     stops.push(redis.stop);
     await applyMigrations(pg.url);
-    adminKey = newKey();
+    adminKey = generateApiKey();
     const running = await startMemplane(
       loadConfig({
         DATABASE_URL: pg.url,

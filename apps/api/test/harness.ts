@@ -1,5 +1,5 @@
-import { randomBytes } from 'node:crypto';
 import { credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
+import { generateApiKey } from '#application';
 import { loadConfig } from '#platform';
 import { freshDatabase, testServices } from '#testing/services';
 import { BadRequest, ErrorInfo } from '#contracts/generated/google/rpc/error_details';
@@ -15,16 +15,11 @@ export interface TestApi {
   stop(): Promise<void>;
 }
 
-export function newKeyString(): string {
-  const alnum = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
-  const id = Array.from(randomBytes(8), (b) => alnum[b % alnum.length]).join('');
-  return `mp_${id}_${randomBytes(32).toString('base64url')}`;
-}
 
 /** The real service on ephemeral ports, over its own fresh database and the shared test Redis. */
 export async function startTestApi(extraEnv: Record<string, string> = {}): Promise<TestApi> {
   const db = await freshDatabase();
-  const adminKey = newKeyString();
+  const adminKey = generateApiKey();
   const config = loadConfig({
     DATABASE_URL: db.url,
     REDIS_URL: testServices().redisUrl,

@@ -17,6 +17,11 @@ function newKeyId(): string {
   return Array.from(bytes, (b) => ALPHANUM[b % ALPHANUM.length]).join('');
 }
 
+/** A new, well-formed key string (e.g. for MEMPLANE_BOOTSTRAP_KEY); nothing is stored. */
+export function generateApiKey(): string {
+  return `mp_${newKeyId()}_${randomBytes(32).toString('base64url')}`;
+}
+
 export interface ApiKeyView {
   id: string;
   name: string;

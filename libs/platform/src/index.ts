@@ -2,3 +2,4 @@ export * from './config';
 export * from './embedded-postgres';
 export * from './embedded-redis';
 export * from './migrations';
+export * from './net';
