@@ -1,18 +1,9 @@
-import { ConfigError, loadConfig } from '#platform';
+import { loadConfigOrExit } from '#platform';
 import { executorConfigFromEnv, startWorker } from '../../worker/src/worker';
 import { startMemplane } from './server';
 
 async function main(): Promise<void> {
-  let config;
-  try {
-    config = loadConfig();
-  } catch (e) {
-    if (e instanceof ConfigError) {
-      console.error(e.message);
-      process.exit(2);
-    }
-    throw e;
-  }
+  const config = loadConfigOrExit();
   const log = (line: string) => console.log(`[memplane] ${line}`);
   const running = await startMemplane(config, log);
   // One command runs everything on the embedded default: a worker executes operations in

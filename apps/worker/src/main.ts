@@ -1,4 +1,4 @@
-import { ConfigError, loadConfig, startEmbeddedPostgres, startEmbeddedRedis } from '#platform';
+import { loadConfigOrExit, startEmbeddedPostgres, startEmbeddedRedis } from '#platform';
 import { executorConfigFromEnv, startWorker } from './worker';
 
 /**
@@ -6,16 +6,7 @@ import { executorConfigFromEnv, startWorker } from './worker';
  * configuration (DATABASE_URL / REDIS_URL, or the same embedded servers).
  */
 async function main(): Promise<void> {
-  let config;
-  try {
-    config = loadConfig();
-  } catch (e) {
-    if (e instanceof ConfigError) {
-      console.error(e.message);
-      process.exit(2);
-    }
-    throw e;
-  }
+  const config = loadConfigOrExit();
   const log = (line: string) => console.log(`[memplane-worker] ${line}`);
   const databaseUrl = 'url' in config.database ? config.database.url.reveal() : (await startEmbeddedPostgres({ ...config.database.embedded, log })).url;
   const redisUrl = 'url' in config.redis ? config.redis.url.reveal() : (await startEmbeddedRedis({ ...config.redis.embedded, log })).url;
