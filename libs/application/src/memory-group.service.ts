@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import {
   assertNoActiveGroupOperation,
   assertResizable,
@@ -27,7 +28,7 @@ import {
 } from '#domain';
 import { MemoryGroupRepository, OperationRepository, VmRepository, type MemoryGroupRecord, type Sql, type VmRecord } from '#persistence';
 import type { CallContext } from './context';
-import type { Mutations } from './mutations';
+import type { LockedGroupChange, Mutations } from './mutations';
 import { pageToken, parsePageRequest, type Page } from './pagination';
 import { PoolLedger } from './pool-ledger';
 
@@ -102,14 +103,13 @@ export class MemoryGroupService {
   async create(ctx: CallContext, input: CreateMemoryGroupInput, requestId?: string): Promise<MemoryGroup> {
     authorize(ctx.principal, 'vms.write');
     const resource = `vms/${input.vm}/memoryGroups/${input.name}`;
-    return this.mutations.runSql(ctx, { method: 'CreateMemoryGroup', resource, requestId, request: input }, async (sql, scope) => {
-      const { vm, groups } = await this.groups.lockVm(sql, input.vm);
+    const spec = { method: 'CreateMemoryGroup', resource, requestId, request: input };
+    return this.mutations.runGroupChange(ctx, spec, { vm: input.vm, group: input.name, pool: input.pool }, async ({ vm, groups, pool, ledger }, sql) => {
       const mode = groupChangeMode(vm.name, vm.state);
       const shape = normalizeGroupInput(input, vm);
       const settings = settingsOf(vm);
       planMemoryGroup(groupSpecOf(shape, shape.guestNodeId ?? vm.guestNodes.length), settings);
-      const pool = await this.ledger.repo.poolFacts(sql, input.pool);
-      if (!pool) throw DomainError.invalid('MEMORY_GROUP_POOL_NOT_FOUND', [{ field: 'pool', description: `pool ${input.pool} does not exist` }], { pool: input.pool });
+      if (!pool || !ledger) throw DomainError.invalid('MEMORY_GROUP_POOL_NOT_FOUND', [{ field: 'pool', description: `pool ${input.pool} does not exist` }], { pool: input.pool });
       checkGroupPool(pool, vm.host, shape.kind);
 
       if (groups.some((g) => g.name === input.name)) {
@@ -119,7 +119,7 @@ export class MemoryGroupService {
       const now = new Date();
       const record: MemoryGroupRecord = {
         ...shape,
-        uid: '',
+        uid: randomUUID(),
         vmId: vm.uid,
         name: input.name,
         pool: pool.name,
@@ -142,8 +142,12 @@ export class MemoryGroupService {
       if (hotplugged && shape.kind === 'DYNAMIC') {
         checkSparePciePorts(vm, groups.filter((g) => g.hotplugged && g.kind === 'DYNAMIC').length + 1);
       }
-
-      const inserted = await this.groups.insert(sql, {
+      const bytes = shape.kind === 'STATIC' ? shape.sizeBytes : shape.requestedBytes;
+      const change = bytes === 0 ? undefined : this.ledger.compute(ledger, pool, this.ledgerGroup(vm, record), bytes, 'reserve');
+      record.heldBytes = change?.heldBytes ?? 0;
+      // The group row goes first: the operation refers to it.
+      const insertGroup = {
+        id: record.uid,
         vmId: vm.uid,
         name: input.name,
         poolId: pool.id,
@@ -155,25 +159,18 @@ export class MemoryGroupService {
         onlineType: shape.onlineType,
         ...(shape.guestNodeId === undefined ? {} : { guestNodeId: shape.guestNodeId }),
         hotplugged,
-      });
-      record.uid = inserted.uid;
-      record.createTime = record.updateTime = inserted.createTime;
+        heldBytes: record.heldBytes,
+        createTime: now,
+      };
       if (mode === 'OPERATION') {
+        await this.groups.insertRecord(sql, insertGroup);
         const op = await this.recordOperation(sql, ctx, vm, record, 'PLUG', { kind: 'PLUG' }, requestId);
         record.activeOperation = { name: op, kind: 'PLUG', state: 'PENDING' };
       }
-      // The ledger step last: the pool row stays locked only from here to commit,
-      // and its write carries the answer record, built (with the holding the
-      // allocator must reach) before the lock is taken.
-      const bytes = shape.kind === 'STATIC' ? shape.sizeBytes : shape.requestedBytes;
-      if (bytes === 0) return memoryGroupView(vm, [...groups, record], record, settings);
-      const ledgerGroup = this.ledgerGroup(vm, record);
-      record.heldBytes = holdingBytes(bytes, pool.granuleBytes);
-      const view = memoryGroupView(vm, [...groups, record], record, settings);
-      const answer = scope.takeAnswer(view);
-      const step = await this.ledger.plan(sql, pool, ledgerGroup, bytes, 'reserve');
-      await step.write(answer, { expectHeldBytes: record.heldBytes });
-      return view;
+      return {
+        result: memoryGroupView(vm, [...groups, record], record, settings),
+        writes: { ...(mode === 'OPERATION' ? {} : { insertGroup }), ...(change ? { ledger: { poolId: pool.id, change } } : {}) },
+      };
     });
   }
 
@@ -215,38 +212,34 @@ export class MemoryGroupService {
   async resize(ctx: CallContext, vmName: string, name: string, requestedBytes: number, etag?: string, requestId?: string): Promise<MemoryGroup> {
     authorize(ctx.principal, 'vms.write');
     const resource = `vms/${vmName}/memoryGroups/${name}`;
-    return this.mutations.runSql(ctx, { method: 'ResizeMemoryGroup', resource, requestId, request: { vm: vmName, name, requestedBytes, etag } }, async (sql, scope) => {
-      const { vm, groups, g } = await this.lockGroup(sql, vmName, name, etag);
+    const spec = { method: 'ResizeMemoryGroup', resource, requestId, request: { vm: vmName, name, requestedBytes, etag } };
+    return this.mutations.runGroupChange(ctx, spec, { vm: vmName, group: name }, async (locked, sql) => {
+      const { vm, groups, g, ledger } = this.lockedGroup(locked, vmName, name, etag);
       const mode = groupChangeMode(vm.name, vm.state);
       assertResizable(vm.name, g);
       assertNoActiveGroupOperation(vm.name, g.name, g.activeOperation);
       const settings = settingsOf(vm);
       const node = effectiveGuestNodes(vm.guestNodes.length, groups).get(g.uid) ?? vm.guestNodes.length;
       planMemoryGroup(groupSpecOf({ ...g, requestedBytes }, node), settings);
-      if (requestedBytes === g.requestedBytes) return memoryGroupView(vm, groups, g, settings);
+      if (requestedBytes === g.requestedBytes) return { result: memoryGroupView(vm, groups, g, settings), writes: {} };
 
       const before = { requestedBytes: g.requestedBytes, heldBytes: g.heldBytes, state: g.state };
+      // On a VM at rest the holding follows the request; on a running one a
+      // shrink keeps its extents until the RESIZE operation has unplugged the memory.
+      const target = mode === 'DIRECT' ? requestedBytes : Math.max(requestedBytes, before.heldBytes);
+      const change = holdingBytes(target, g.poolFacts.granuleBytes) === before.heldBytes ? undefined : this.ledger.compute(ledger, g.poolFacts, this.ledgerGroup(vm, g), target, 'resize');
       g.requestedBytes = requestedBytes;
       if (mode === 'OPERATION') g.state = 'RESIZING';
-      await this.groups.setRequested(sql, g.uid, requestedBytes, g.state);
+      g.heldBytes = change?.heldBytes ?? before.heldBytes;
+      g.version += 1;
+      g.etag = etagOf(g.version);
+      g.updateTime = new Date();
+      const updateGroup = { id: g.uid, requestedBytes, state: g.state, heldBytes: g.heldBytes, updateTime: g.updateTime };
       if (mode === 'OPERATION') {
         const rollback: OperationRollback = { kind: 'RESIZE', requestedBytes: before.requestedBytes, heldBytes: before.heldBytes, groupState: before.state };
         g.activeOperation = { name: await this.recordOperation(sql, ctx, vm, g, 'RESIZE', rollback, requestId), kind: 'RESIZE', state: 'PENDING' };
       }
-      g.version += 1;
-      g.etag = etagOf(g.version);
-      g.updateTime = new Date();
-      // The ledger step last (see create).
-      const target = mode === 'DIRECT' ? requestedBytes : Math.max(requestedBytes, before.heldBytes);
-      const held = holdingBytes(target, g.poolFacts.granuleBytes);
-      if (held === before.heldBytes) return memoryGroupView(vm, groups, g, settings);
-      const ledgerGroup = this.ledgerGroup(vm, g);
-      g.heldBytes = held;
-      const view = memoryGroupView(vm, groups, g, settings);
-      const answer = scope.takeAnswer(view);
-      const step = await this.ledger.plan(sql, g.poolFacts, ledgerGroup, target, 'resize');
-      await step.write(answer, { expectHeldBytes: held });
-      return view;
+      return { result: memoryGroupView(vm, groups, g, settings), writes: { updateGroup, ...(change ? { ledger: { poolId: g.poolId, change } } : {}) } };
     });
   }
 
@@ -254,45 +247,41 @@ export class MemoryGroupService {
   async delete(ctx: CallContext, vmName: string, name: string, etag?: string, requestId?: string): Promise<MemoryGroupDeletion> {
     authorize(ctx.principal, 'vms.write');
     const resource = `vms/${vmName}/memoryGroups/${name}`;
-    return this.mutations.runSql(ctx, { method: 'DeleteMemoryGroup', resource, requestId, request: { vm: vmName, name, etag } }, async (sql, scope) => {
-      const { vm, groups, g } = await this.lockGroup(sql, vmName, name, etag);
+    const spec = { method: 'DeleteMemoryGroup', resource, requestId, request: { vm: vmName, name, etag } };
+    return this.mutations.runGroupChange<MemoryGroupDeletion>(ctx, spec, { vm: vmName, group: name }, async (locked, sql) => {
+      const { vm, groups, g, ledger } = this.lockedGroup(locked, vmName, name, etag);
       const mode = groupChangeMode(vm.name, vm.state);
       assertNoActiveGroupOperation(vm.name, g.name, g.activeOperation);
       const settings = settingsOf(vm);
       const view = () => memoryGroupView(vm, groups, g, settings);
       if (mode === 'DIRECT') {
+        const change = g.heldBytes === 0 ? undefined : this.ledger.compute(ledger, g.poolFacts, this.ledgerGroup(vm, g), 0, 'release');
         g.desiredState = 'ABSENT';
-        if (g.heldBytes === 0) {
-          await this.groups.delete(sql, g.uid);
-          return { memoryGroup: view(), deleted: true };
-        }
-        // Release, group row and answer record in the one statement that follows the pool lock.
-        const ledgerGroup = this.ledgerGroup(vm, g);
         g.heldBytes = 0;
-        const out = { memoryGroup: view(), deleted: true };
-        const answer = scope.takeAnswer(out);
-        const step = await this.ledger.plan(sql, g.poolFacts, ledgerGroup, 0, 'release');
-        await step.write(answer, { deleteGroup: true, expectHeldBytes: 0 });
-        return out;
+        return { result: { memoryGroup: view(), deleted: true }, writes: { deleteGroup: g.uid, ...(change ? { ledger: { poolId: g.poolId, change } } : {}) } };
       }
       const rollback: OperationRollback = { kind: 'UNPLUG', groupState: g.state };
-      await this.groups.setDesired(sql, g.uid, 'ABSENT', 'UNPLUGGING');
       g.desiredState = 'ABSENT';
       g.state = 'UNPLUGGING';
-      g.activeOperation = { name: await this.recordOperation(sql, ctx, vm, g, 'UNPLUG', rollback, requestId), kind: 'UNPLUG', state: 'PENDING' };
       g.version += 1;
       g.etag = etagOf(g.version);
       g.updateTime = new Date();
-      return { memoryGroup: view(), deleted: false };
+      g.activeOperation = { name: await this.recordOperation(sql, ctx, vm, g, 'UNPLUG', rollback, requestId), kind: 'UNPLUG', state: 'PENDING' };
+      return {
+        result: { memoryGroup: view(), deleted: false },
+        writes: { updateGroup: { id: g.uid, desiredState: 'ABSENT', state: 'UNPLUGGING', updateTime: g.updateTime } },
+      };
     });
   }
 
-  private async lockGroup(sql: Sql, vmName: string, name: string, etag: string | undefined) {
-    const { vm, groups } = await this.groups.lockVm(sql, vmName);
+  /** The named group under its VM's lock, its etag checked, with its pool's ledger (read under the pool's lock). */
+  private lockedGroup(locked: LockedGroupChange, vmName: string, name: string, etag: string | undefined) {
+    const { vm, groups, ledger } = locked;
     const g = groups.find((x) => x.name === name);
     if (!g) throw groupNotFound(vmName, name);
     checkEtag('memory group', `${vmName}/${name}`, etag, g.etag);
-    return { vm, groups, g };
+    if (!ledger) throw new DomainError('INTERNAL', 'POOL_LEDGER_NOT_LOCKED', `memory group ${vmName}/${name}: its pool was not locked`);
+    return { vm, groups, g, ledger };
   }
 
   private ledgerGroup(vm: VmRecord, g: MemoryGroupRecord) {

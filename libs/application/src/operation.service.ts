@@ -99,7 +99,7 @@ export class OperationService {
     switch (r.kind) {
       case 'PLUG':
         // The group goes, and with it (in the same statement) its extents.
-        if (g.heldBytes > 0) await (await this.ledger.plan(sql, g.poolFacts, ledgerGroup, 0, 'release')).write(undefined, { deleteGroup: true });
+        if (g.heldBytes > 0) await (await this.ledger.plan(sql, g.poolFacts, ledgerGroup, 0, 'release')).write({ deleteGroup: true });
         else await this.groups.delete(sql, g.uid);
         return;
       case 'UNPLUG':

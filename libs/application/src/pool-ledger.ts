@@ -9,8 +9,7 @@ import {
   ledgerResize,
   type LedgerChange,
 } from '#domain';
-import { LedgerRepository, type PoolFacts, type Sql } from '#persistence';
-import type { AnswerRecord } from './mutations';
+import { LedgerRepository, type LockedLedger, type PoolFacts, type Sql } from '#persistence';
 
 export interface LedgerGroup {
   uid: string;
@@ -36,13 +35,8 @@ function relabel(e: unknown, pool: string, group: LedgerGroup): unknown {
 export interface LedgerStep {
   /** What the group holds once the step is written. */
   heldBytes: number;
-  /**
-   * Writes the change (and the mutation's answer record, if handed over) in
-   * one statement; `deleteGroup` also deletes the group row (after a release).
-   * `expectHeldBytes`: the holding the caller already answered with; a
-   * different outcome is refused rather than written.
-   */
-  write(answer?: AnswerRecord, opts?: { deleteGroup?: boolean; expectHeldBytes?: number }): Promise<void>;
+  /** Writes the change in one statement; `deleteGroup` also deletes the group row (after a release). */
+  write(opts?: { deleteGroup?: boolean }): Promise<void>;
 }
 
 /**
@@ -55,36 +49,39 @@ export class PoolLedger {
   readonly repo = new LedgerRepository();
 
   async plan(sql: Sql, pool: Omit<PoolFacts, 'host'>, group: LedgerGroup, bytes: number, mode: 'reserve' | 'resize' | 'release'): Promise<LedgerStep> {
-    const { pool: locked, state } = await this.repo.lockAndRead(sql, pool.id);
-    if (mode !== 'release' && holdingBytes(bytes, locked.granuleBytes) > group.heldBytes) {
-      // Growth needs an ACTIVE pool, read under the lock (a pool can be drained at any time).
-      assertPoolCanBackGuestRam({ name: pool.name, state: locked.state, memoryType: pool.memoryType, cpuAddressable: pool.cpuAddressable });
-    }
-    if (mode === 'reserve') checkDaxPoolFree(pool, state.extents.length);
-    // A device-DAX backend maps one range of the device: its holding stays one extent.
-    const opts = { contiguous: pool.daxDevicePath !== undefined };
-    let change: LedgerChange;
-    try {
-      change =
-        mode === 'reserve'
-          ? ledgerReserve(state, group.uid, bytes, opts)
-          : mode === 'resize'
-            ? ledgerResize(state, group.uid, bytes, opts)
-            : ledgerRelease(state, group.uid);
-    } catch (e) {
-      throw relabel(e, pool.name, group);
-    }
+    const change = this.compute(await this.repo.lockAndRead(sql, pool.id), pool, group, bytes, mode);
     return {
       heldBytes: change.heldBytes,
-      write: async (answer, opts = {}) => {
-        if (opts.expectHeldBytes !== undefined && opts.expectHeldBytes !== change.heldBytes) {
-          throw new DomainError('INTERNAL', 'POOL_LEDGER_UNEXPECTED_HOLDING', `group ${group.label}: the allocator holds ${change.heldBytes} B, not the ${opts.expectHeldBytes} B answered`);
-        }
-        if (answer || opts.deleteGroup || change.added.length > 0 || change.removed.length > 0) {
-          await this.repo.apply(sql, pool.id, change, answer, { deleteGroup: opts.deleteGroup === true });
+      write: async (opts = {}) => {
+        if (opts.deleteGroup || change.added.length > 0 || change.removed.length > 0) {
+          await this.repo.apply(sql, pool.id, change, { deleteGroup: opts.deleteGroup === true });
         }
       },
     };
+  }
+
+  /**
+   * The allocator's change for a ledger read under the pool's lock (pure):
+   * growth needs an ACTIVE pool, as read under the lock (a pool can be
+   * drained at any time); a device-DAX backend maps one range of the device,
+   * so its holding stays one extent.
+   */
+  compute(locked: LockedLedger, pool: Omit<PoolFacts, 'host'>, group: LedgerGroup, bytes: number, mode: 'reserve' | 'resize' | 'release'): LedgerChange {
+    const { pool: current, state } = locked;
+    if (mode !== 'release' && holdingBytes(bytes, current.granuleBytes) > group.heldBytes) {
+      assertPoolCanBackGuestRam({ name: pool.name, state: current.state, memoryType: pool.memoryType, cpuAddressable: pool.cpuAddressable });
+    }
+    if (mode === 'reserve') checkDaxPoolFree(pool, state.extents.length);
+    const opts = { contiguous: pool.daxDevicePath !== undefined };
+    try {
+      return mode === 'reserve'
+        ? ledgerReserve(state, group.uid, bytes, opts)
+        : mode === 'resize'
+          ? ledgerResize(state, group.uid, bytes, opts)
+          : ledgerRelease(state, group.uid);
+    } catch (e) {
+      throw relabel(e, pool.name, group);
+    }
   }
 
   /** plan + write, for callers that do not hand the answer record over. */

@@ -1,5 +1,5 @@
 import { PrismaPg } from '@prisma/adapter-pg';
-import { Pool } from 'pg';
+import { Pool, type QueryResult } from 'pg';
 import { DomainError } from '#domain';
 import { Prisma, PrismaClient } from './generated/prisma/client';
 import { PgSql, sqlState, statementName, type Sql } from './sql';
@@ -69,6 +69,33 @@ export class Database {
     });
   }
 
+  /**
+   * A READ COMMITTED transaction in two round trips, for the hottest paths:
+   * `BEGIN; <open>` goes as one simple-protocol message, statements `fn` runs
+   * go as usual, and `<close>; COMMIT` as one more. `open` and `close` are
+   * complete statements (values already quoted as literals); a failing
+   * `close` aborts the transaction before its COMMIT. Retried like `transaction`.
+   */
+  async twoTripTransaction<T>(open: string, fn: (opened: Record<string, unknown>[], sql: Sql) => Promise<{ close: string; result: T }>, opts: { attempts?: number } = {}): Promise<T> {
+    return this.retrying(opts.attempts, async () => {
+      const client = await this.pool.connect();
+      let broken = false;
+      try {
+        const results = (await client.query(`begin; ${open}`)) as unknown as QueryResult[];
+        const { close, result } = await fn(results[1]?.rows ?? [], new PgSql(client));
+        await client.query(`${close}; commit`);
+        return result;
+      } catch (e) {
+        await client.query('rollback').catch(() => {
+          broken = true;
+        });
+        throw e;
+      } finally {
+        client.release(broken);
+      }
+    });
+  }
+
   private async retrying<T>(attempts = 8, run: () => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       try {
@@ -108,6 +135,8 @@ const UNREACHABLE = new Set(['P1001', 'P1017', 'P2024', 'ECONNREFUSED', 'ECONNRE
 /** Database failures that are not the caller's fault surface as UNAVAILABLE, never as a user error. */
 function translate(e: unknown): unknown {
   if (e instanceof DomainError) return e;
+  // Raised by memplane_close_group_change when the extents it was told to remove are not the table's.
+  if (sqlState(e) === 'MPL01') return new DomainError('INTERNAL', 'POOL_LEDGER_CORRUPT', (e as Error).message);
   const code = (e as { code?: string })?.code;
   if ((code && UNREACHABLE.has(code)) || /Connection terminated|timeout exceeded when trying to connect/.test(String((e as Error)?.message))) {
     return new DomainError('UNAVAILABLE', 'DATABASE_UNAVAILABLE', 'the database is not reachable; retry later');

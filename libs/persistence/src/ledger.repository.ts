@@ -1,6 +1,5 @@
 import { DomainError, type LedgerChange, type LedgerExtent, type LedgerState, type PoolMemoryType, type PoolState } from '#domain';
 import type { Tx } from './database';
-import type { AnswerRow } from './mutation-log.repository';
 import type { Sql } from './sql';
 
 /** What a group's rules need from its pool; all of it immutable except `state`. */
@@ -28,7 +27,7 @@ export interface LedgerRow extends LedgerExtent {
   memoryGroup: string;
 }
 
-interface FactsRow {
+export interface FactsRow {
   id: string;
   name: string;
   host: string;
@@ -39,6 +38,46 @@ interface FactsRow {
   dax_device_path: string | null;
   capacity_bytes: string;
   granule_bytes: string;
+}
+
+export function poolFactsFromRow(r: FactsRow): PoolFacts {
+  return {
+    id: r.id,
+    name: r.name,
+    host: r.host,
+    hostNodeId: r.host_node_id,
+    state: r.state as PoolState,
+    memoryType: r.memory_type as PoolMemoryType,
+    cpuAddressable: r.cpu_addressable,
+    ...(r.dax_device_path ? { daxDevicePath: r.dax_device_path } : {}),
+    capacityBytes: Number(r.capacity_bytes),
+    granuleBytes: Number(r.granule_bytes),
+  };
+}
+
+/** A pool's ledger as memplane_lock_pool_ledger returns it. */
+export interface LedgerJson {
+  state: string;
+  capacityBytes: number | string;
+  granuleBytes: number | string;
+  extents: [string, number | string, number | string][];
+}
+
+export interface LockedLedger {
+  pool: LockedPool;
+  state: LedgerState;
+}
+
+export function lockedLedgerFromJson(l: LedgerJson): LockedLedger {
+  const pool = { state: l.state as PoolState, capacityBytes: Number(l.capacityBytes), granuleBytes: Number(l.granuleBytes) };
+  return {
+    pool,
+    state: {
+      capacityBytes: pool.capacityBytes,
+      granuleBytes: pool.granuleBytes,
+      extents: l.extents.map(([groupId, offsetBytes, sizeBytes]) => ({ groupId, offsetBytes: Number(offsetBytes), sizeBytes: Number(sizeBytes) })),
+    },
+  };
 }
 
 const sum = (extents: readonly { sizeBytes: number }[]) => extents.reduce((s, e) => s + e.sizeBytes, 0);
@@ -58,20 +97,7 @@ export class LedgerRepository {
        from pools p join hosts h on h.id = p.host_id where p.name = $1`,
       [name],
     );
-    const r = rows[0];
-    if (!r) return undefined;
-    return {
-      id: r.id,
-      name: r.name,
-      host: r.host,
-      hostNodeId: r.host_node_id,
-      state: r.state as PoolState,
-      memoryType: r.memory_type as PoolMemoryType,
-      cpuAddressable: r.cpu_addressable,
-      ...(r.dax_device_path ? { daxDevicePath: r.dax_device_path } : {}),
-      capacityBytes: Number(r.capacity_bytes),
-      granuleBytes: Number(r.granule_bytes),
-    };
+    return rows[0] ? poolFactsFromRow(rows[0]) : undefined;
   }
 
   /**
@@ -80,31 +106,19 @@ export class LedgerRepository {
    * one round trip (memplane_lock_pool_ledger). NO KEY UPDATE: rows
    * referencing the pool (new groups) can still be inserted meanwhile.
    */
-  async lockAndRead(sql: Sql, poolId: string): Promise<{ pool: LockedPool; state: LedgerState }> {
-    const rows = await sql.query<{ l: { state: string; capacityBytes: number; granuleBytes: number; extents: [string, number, number][] } | null }>(
-      `select memplane_lock_pool_ledger($1::uuid) as l`,
-      [poolId],
-    );
+  async lockAndRead(sql: Sql, poolId: string): Promise<LockedLedger> {
+    const rows = await sql.query<{ l: LedgerJson | null }>(`select memplane_lock_pool_ledger($1::uuid) as l`, [poolId]);
     const l = rows[0]?.l;
     if (!l) throw DomainError.notFound('pool', poolId);
-    const pool = { state: l.state as PoolState, capacityBytes: Number(l.capacityBytes), granuleBytes: Number(l.granuleBytes) };
-    return {
-      pool,
-      state: {
-        capacityBytes: pool.capacityBytes,
-        granuleBytes: pool.granuleBytes,
-        extents: l.extents.map(([groupId, offsetBytes, sizeBytes]) => ({ groupId, offsetBytes: Number(offsetBytes), sizeBytes: Number(sizeBytes) })),
-      },
-    };
+    return lockedLedgerFromJson(l);
   }
 
   /**
    * Writes one allocator change in one statement: the removed and added
-   * extents, the pool's allocated_bytes, the group's held_bytes and, when
-   * given, the mutation's answer record (so the pool lock is held one round
-   * trip less). With deleteGroup (a release) the group row goes too.
+   * extents, the pool's allocated_bytes and the group's held_bytes. With
+   * deleteGroup (a release) the group row goes too.
    */
-  async apply(sql: Sql, poolId: string, change: LedgerChange, answer?: AnswerRow, opts: { deleteGroup?: boolean } = {}): Promise<void> {
+  async apply(sql: Sql, poolId: string, change: LedgerChange, opts: { deleteGroup?: boolean } = {}): Promise<void> {
     const { added, removed } = change;
     const delta = sum(added) - sum(removed);
     const rows = await sql.query<{ deleted: string }>(
@@ -116,15 +130,11 @@ export class LedgerRepository {
          insert into pool_extents (pool_id, group_id, offset_bytes, size_bytes)
          select $1::uuid, $2::uuid, a.o, a.s from unnest($5::bigint[], $6::bigint[]) as a(o, s)
          returning 1),
-       grp as (update memory_groups set held_bytes = $7 where id = $2::uuid and not $14::boolean returning 1),
-       gone as (delete from memory_groups where id = $2::uuid and $14::boolean returning 1),
-       pool as (update pools set allocated_bytes = allocated_bytes + $8 where id = $1::uuid returning 1),
-       answer as (
-         insert into idempotency_records (principal, method, request_id, fingerprint, response)
-         select $9, $10, $11, $12, $13::jsonb where $9::text is not null
-         returning 1)
+       grp as (update memory_groups set held_bytes = $7 where id = $2::uuid and not $9::boolean returning 1),
+       gone as (delete from memory_groups where id = $2::uuid and $9::boolean returning 1),
+       pool as (update pools set allocated_bytes = allocated_bytes + $8 where id = $1::uuid returning 1)
        select (select count(*) from del) as deleted, (select count(*) from ins) as inserted, (select count(*) from grp) as groups,
-         (select count(*) from pool) as pools, (select count(*) from answer) as answers, (select count(*) from gone) as gone`,
+         (select count(*) from pool) as pools, (select count(*) from gone) as gone`,
       [
         poolId,
         change.groupId,
@@ -134,11 +144,6 @@ export class LedgerRepository {
         added.map((e) => e.sizeBytes),
         change.heldBytes,
         delta,
-        answer?.principal ?? null,
-        answer?.method ?? null,
-        answer?.requestId ?? null,
-        answer?.fingerprint ?? null,
-        answer?.responseJson ?? null,
         opts.deleteGroup === true,
       ],
     );

@@ -36,7 +36,7 @@ export interface MemoryGroupRecord extends StoredMemoryGroup {
   poolFacts: Omit<PoolFacts, 'host'>;
 }
 
-interface GroupRow {
+export interface GroupRow {
   id: string;
   vm_id: string;
   name: string;
@@ -135,6 +135,16 @@ export interface NewGroupRow {
   hotplugged: boolean;
 }
 
+/** What memplane_lock_vm returns. */
+export interface LockedVmJson {
+  vm: VmRow;
+  groups: GroupRow[];
+}
+
+export function lockedVmFromJson(r: LockedVmJson): { vm: VmRecord; groups: MemoryGroupRecord[] } {
+  return { vm: vmRowToRecord(r.vm), groups: r.groups.map(toRecord) };
+}
+
 export class MemoryGroupRepository {
   /**
    * Locks the VM row until the transaction ends and reads the VM and all its
@@ -143,10 +153,10 @@ export class MemoryGroupRepository {
    * (then pool locks), so VM limits are checked against a stable set of groups.
    */
   async lockVm(sql: Sql, name: string): Promise<{ vm: VmRecord; groups: MemoryGroupRecord[] }> {
-    const rows = await sql.query<{ r: { vm: VmRow; groups: GroupRow[] } | null }>(`select memplane_lock_vm($1) as r`, [name]);
+    const rows = await sql.query<{ r: LockedVmJson | null }>(`select memplane_lock_vm($1) as r`, [name]);
     const r = rows[0]?.r;
     if (!r) throw DomainError.notFound('vm', name);
-    return { vm: vmRowToRecord(r.vm), groups: r.groups.map(toRecord) };
+    return lockedVmFromJson(r);
   }
 
   /** Every group of a VM in creation (plug) order. Call with the VM row locked for a consistent set. */
@@ -155,16 +165,15 @@ export class MemoryGroupRepository {
     return rows.map(toRecord);
   }
 
-  async insert(sql: Sql, g: NewGroupRow): Promise<{ uid: string; createTime: Date }> {
+  /** A new group under its VM's lock, holding `heldBytes` (its extents are the ledger's to write). */
+  async insertRecord(sql: Sql, g: NewGroupRow & { id: string; heldBytes: number; createTime: Date }): Promise<void> {
     try {
-      const rows = await sql.query<{ id: string; created_at: Date }>(
-        `insert into memory_groups (id, vm_id, name, pool_id, kind, size_bytes, max_size_bytes, block_size_bytes, requested_bytes, online_type, guest_node_id, hotplugged)
-         values (gen_random_uuid(), $1::uuid, $2, $3::uuid, $4::"MemoryGroupKind", $5, $6, $7, $8, $9::"GroupOnlineType", $10::int, $11)
-         returning id, created_at`,
-        [g.vmId, g.name, g.poolId, g.kind, g.sizeBytes, g.maxSizeBytes, g.blockSizeBytes, g.requestedBytes, g.onlineType, g.guestNodeId ?? null, g.hotplugged],
+      await sql.query(
+        `insert into memory_groups (id, vm_id, name, pool_id, kind, size_bytes, max_size_bytes, block_size_bytes, requested_bytes, online_type, guest_node_id,
+           hotplugged, held_bytes, created_at, updated_at)
+         values ($1::uuid, $2::uuid, $3, $4::uuid, $5::"MemoryGroupKind", $6, $7, $8, $9, $10::"GroupOnlineType", $11::int, $12, $13, $14, $14)`,
+        [g.id, g.vmId, g.name, g.poolId, g.kind, g.sizeBytes, g.maxSizeBytes, g.blockSizeBytes, g.requestedBytes, g.onlineType, g.guestNodeId ?? null, g.hotplugged, g.heldBytes, g.createTime],
       );
-      const row = rows[0]!;
-      return { uid: row.id, createTime: row.created_at };
     } catch (e) {
       if (isUniqueViolation(e)) throw DomainError.exists('MEMORY_GROUP_ALREADY_EXISTS', `memory group ${g.name} already exists on this VM`, { name: g.name });
       throw e;

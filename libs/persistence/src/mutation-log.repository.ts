@@ -2,16 +2,6 @@ import type { AuditEntry } from './audit.repository';
 import type { IdempotencyKey } from './idempotency.repository';
 import type { Sql } from './sql';
 
-/** An AIP-155 answer record, for statements that write it along with their own change. */
-export interface AnswerRow {
-  principal: string;
-  method: string;
-  requestId: string;
-  fingerprint: string;
-  /** The answer as JSON text. */
-  responseJson: string;
-}
-
 /**
  * The audit log and AIP-155 idempotency records in raw SQL: the same tables
  * and columns as AuditRepository and IdempotencyRepository, for mutations that

@@ -160,7 +160,7 @@ export class EngineStore {
       if (!g) return;
       if (g.heldBytes === 0) return this.groups.delete(sql, g.uid);
       const step = await this.ledger.plan(sql, g.poolFacts, { uid: g.uid, label: `${vm.name}/${g.name}`, heldBytes: g.heldBytes }, 0, 'release');
-      await step.write(undefined, { deleteGroup: true });
+      await step.write({ deleteGroup: true });
     });
   }
 
