@@ -112,8 +112,9 @@ export class GroupChangeBatcher {
     try {
       outcomes = await this.repo.runBatch(this.db, batch, (opened, sql) => this.decideAll(batch, opened, sql));
     } catch (e) {
-      if (batch.length === 1) {
-        batch[0]!.reject(e);
+      // An unreachable database fails everyone at once; anything else may be one change's fault.
+      if (batch.length === 1 || (e instanceof DomainError && e.code === 'UNAVAILABLE')) {
+        for (const c of batch) c.reject(e);
         return;
       }
       for (const c of batch) c.alone = true;

@@ -1,5 +1,5 @@
 import { PrismaPg } from '@prisma/adapter-pg';
-import { Pool, type QueryResult } from 'pg';
+import { Pool, type PoolClient, type QueryResult } from 'pg';
 import { DomainError } from '#domain';
 import { Prisma, PrismaClient } from './generated/prisma/client';
 import { PgSql, sqlState, statementName, type Sql } from './sql';
@@ -50,23 +50,14 @@ export class Database {
 
   /** A READ COMMITTED transaction in raw SQL on one pooled connection; retried like `transaction`. */
   async sqlTransaction<T>(fn: (sql: Sql) => Promise<T>, opts: { attempts?: number } = {}): Promise<T> {
-    return this.retrying(opts.attempts, async () => {
-      const client = await this.pool.connect();
-      let broken = false;
-      try {
+    return this.retrying(opts.attempts, () =>
+      this.inTransaction(async (client) => {
         await client.query('begin');
         const out = await fn(new PgSql(client));
         await client.query('commit');
         return out;
-      } catch (e) {
-        await client.query('rollback').catch(() => {
-          broken = true;
-        });
-        throw e;
-      } finally {
-        client.release(broken);
-      }
-    });
+      }),
+    );
   }
 
   /**
@@ -77,23 +68,30 @@ export class Database {
    * `close` aborts the transaction before its COMMIT. Retried like `transaction`.
    */
   async twoTripTransaction<T>(open: string, fn: (opened: Record<string, unknown>[], sql: Sql) => Promise<{ close: string; result: T }>, opts: { attempts?: number } = {}): Promise<T> {
-    return this.retrying(opts.attempts, async () => {
-      const client = await this.pool.connect();
-      let broken = false;
-      try {
+    return this.retrying(opts.attempts, () =>
+      this.inTransaction(async (client) => {
         const results = (await client.query(`begin; ${open}`)) as unknown as QueryResult[];
         const { close, result } = await fn(results[1]?.rows ?? [], new PgSql(client));
         await client.query(`${close}; commit`);
         return result;
-      } catch (e) {
-        await client.query('rollback').catch(() => {
-          broken = true;
-        });
-        throw e;
-      } finally {
-        client.release(broken);
-      }
-    });
+      }),
+    );
+  }
+
+  /** A pooled connection for `run`, which begins and commits; rolled back if it throws (a connection that cannot is dropped). */
+  private async inTransaction<T>(run: (client: PoolClient) => Promise<T>): Promise<T> {
+    const client = await this.pool.connect();
+    let broken = false;
+    try {
+      return await run(client);
+    } catch (e) {
+      await client.query('rollback').catch(() => {
+        broken = true;
+      });
+      throw e;
+    } finally {
+      client.release(broken);
+    }
   }
 
   private async retrying<T>(attempts = 8, run: () => Promise<T>): Promise<T> {
