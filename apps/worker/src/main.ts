@@ -1,5 +1,5 @@
 import { loadConfigOrExit, startEmbeddedPostgres, startEmbeddedRedis } from '#platform';
-import { executorConfigFromEnv, startWorker } from './worker';
+import { executorConfigOf, startWorker } from './worker';
 
 /**
  * The worker: executes Operations against QEMU on this host. It shares the API's
@@ -10,13 +10,12 @@ async function main(): Promise<void> {
   const log = (line: string) => console.log(`[memplane-worker] ${line}`);
   const databaseUrl = 'url' in config.database ? config.database.url.reveal() : (await startEmbeddedPostgres({ ...config.database.embedded, log })).url;
   const redisUrl = 'url' in config.redis ? config.redis.url.reveal() : (await startEmbeddedRedis({ ...config.redis.embedded, log })).url;
-  const env = process.env;
   const running = await startWorker({
     databaseUrl,
     redisUrl,
-    ...(env['MEMPLANE_QUEUE_PREFIX'] ? { prefix: env['MEMPLANE_QUEUE_PREFIX'] } : {}),
-    concurrency: Number(env['MEMPLANE_WORKER_CONCURRENCY'] ?? 4),
-    executor: executorConfigFromEnv(config.dataDir, env),
+    prefix: config.worker.queuePrefix,
+    concurrency: config.worker.concurrency,
+    executor: executorConfigOf(config),
     log,
   });
   log(`executing operations from Redis ${redisUrl}; VMs run detached and survive this process`);

@@ -5,7 +5,7 @@ import { Client } from 'pg';
 import { EngineStore, OperationExecutor, type ExecutorConfig } from '#application';
 import { LocalHypervisorDriver, type HypervisorDriver } from '#hypervisor';
 import { Database } from '#persistence';
-import { projectRoot } from '#platform';
+import { projectRoot, type AppConfig } from '#platform';
 import { startIntake } from './intake';
 import { EXECUTE_OPERATION, OPERATIONS_QUEUE, operationJobId, redisConnection, type ExecuteOperationJob } from '#queue';
 
@@ -39,22 +39,20 @@ export interface RunningWorker {
 }
 
 /**
- * The executor's settings from the environment (read once at boot, by the worker app and by
- * the API when it runs a worker in-process). KVM only when asked for: /dev/kvm can exist
- * where KVM cannot run a guest (nested, as on this project's CI machines).
+ * The executor's settings from the typed boot configuration (the worker app's and the API's
+ * when it runs a worker in-process); guest images from this checkout's cache.
  */
-export function executorConfigFromEnv(dataDir: string, env: NodeJS.ProcessEnv = process.env): Omit<ExecutorConfig, 'log'> {
-  const accel = env['MEMPLANE_QEMU_ACCEL'] ?? 'tcg,thread=single';
+export function executorConfigOf(config: Pick<AppConfig, 'dataDir' | 'worker'>): Omit<ExecutorConfig, 'log'> {
+  const w = config.worker;
   return {
-    runtimeDir: join(dataDir, 'vms'),
+    runtimeDir: join(config.dataDir, 'vms'),
     bootImage: cachedGuestImages(projectRoot()),
-    accel,
-    // Under TCG the 6.12 guest needs a CPU without cmpxchg16b (see libs/testing/src/guest.ts).
-    cpuModel: env['MEMPLANE_QEMU_CPU'] ?? (accel.startsWith('kvm') ? 'host' : 'max,-cx16'),
-    hostNodeBinding: (env['MEMPLANE_HOST_NODE_BINDING'] as 'bind' | 'none' | 'auto' | undefined) ?? 'auto',
-    convergeTimeoutMs: Number(env['MEMPLANE_CONVERGE_TIMEOUT_MS'] ?? 60_000),
-    deviceDelTimeoutMs: Number(env['MEMPLANE_DEVICE_DEL_TIMEOUT_MS'] ?? 20_000),
-    bootTimeoutMs: Number(env['MEMPLANE_BOOT_TIMEOUT_MS'] ?? 120_000),
+    accel: w.qemuAccel,
+    cpuModel: w.qemuCpu,
+    hostNodeBinding: w.hostNodeBinding,
+    convergeTimeoutMs: w.convergeTimeoutMs,
+    deviceDelTimeoutMs: w.deviceDelTimeoutMs,
+    bootTimeoutMs: w.bootTimeoutMs,
   };
 }
 
