@@ -11,6 +11,7 @@ import {
   etagOf,
   groupChangeMode,
   groupGuestFacts,
+  groupDrift,
   groupSpecOf,
   holdingBytes,
   normalizeGroupInput,
@@ -20,6 +21,7 @@ import {
   resolveGuestMemorySettings,
   type CreateMemoryGroupInput,
   type GuestMemorySettings,
+  type MemoryDrift,
   type MemoryGroup,
   type OperationKind,
   type OperationRollback,
@@ -47,6 +49,10 @@ export function principalLabel(ctx: CallContext): string {
 
 export function settingsOf(vm: Pick<VmSpec, 'kernelProfile' | 'guestMemory'>): GuestMemorySettings {
   return resolveGuestMemorySettings(vm.kernelProfile, vm.guestMemory);
+}
+
+function optionalDrift(drift: MemoryDrift | undefined): { memoryDrift?: MemoryDrift } {
+  return drift ? { memoryDrift: drift } : {};
 }
 
 /** The API view of a group; `all` are the VM's groups (the effective guest node depends on them). */
@@ -78,6 +84,7 @@ export function memoryGroupView(vm: VmRecord, all: readonly MemoryGroupRecord[],
     onlineBlocks: g.onlineBlocks,
     onlineZones: g.onlineZones,
     ...(g.activeOperation ? { operation: g.activeOperation.name } : {}),
+    ...optionalDrift(groupDrift(vm.memoryDrift, g.name, g.createTime)),
     etag: g.etag,
     createTime: g.createTime,
     updateTime: g.updateTime,
