@@ -16,6 +16,7 @@ async function main(): Promise<void> {
           prefix: config.worker.queuePrefix,
           concurrency: config.worker.concurrency,
           executor: executorConfigOf(config),
+          driftCheckIntervalMs: config.worker.driftCheckIntervalMs,
           log: (line) => console.log(`[memplane-worker] ${line}`),
         })
       : undefined;

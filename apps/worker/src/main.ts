@@ -17,6 +17,7 @@ async function main(): Promise<void> {
     prefix: config.worker.queuePrefix,
     concurrency: config.worker.concurrency,
     executor: executorConfigOf(config),
+    driftCheckIntervalMs: config.worker.driftCheckIntervalMs,
     log,
   });
   let stopping = false;

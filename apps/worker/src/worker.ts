@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { DelayedError, Queue, Worker, type Job } from 'bullmq';
 import { Client } from 'pg';
-import { EngineStore, OperationExecutor, type ExecutorConfig } from '#application';
+import { DriftMonitor, EngineStore, OperationExecutor, type ExecutorConfig } from '#application';
 import { LocalHypervisorDriver, type HypervisorDriver } from '#hypervisor';
 import { Database } from '#persistence';
 import { projectRoot, type AppConfig } from '#platform';
@@ -20,6 +20,8 @@ export interface WorkerOptions {
   /** How often the outbox is read; the API also enqueues right after commit. */
   dispatchIntervalMs?: number;
   sweepIntervalMs?: number;
+  /** How often idle running VMs are checked for drift (DriftMonitor); 0 = never. Default 30 s. */
+  driftCheckIntervalMs?: number;
   /** A non-terminal operation untouched for this long is re-sent (its job may be lost with Redis). */
   stuckAfterMs?: number;
   driver?: HypervisorDriver;
@@ -35,6 +37,7 @@ export interface RunningWorker {
   intake: Worker | undefined;
   queue: Queue<ExecuteOperationJob>;
   driver: HypervisorDriver;
+  drift: DriftMonitor | undefined;
   stop(): Promise<void>;
 }
 
@@ -180,15 +183,33 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   const timers: NodeJS.Timeout[] = [];
   loop(dispatch, opts.dispatchIntervalMs ?? 20);
   loop(sweep, opts.sweepIntervalMs ?? 5_000);
+  // The sweeper also reports drift of running VMs no operation is changing (it never repairs: see DriftMonitor).
+  const driftMs = opts.driftCheckIntervalMs ?? 30_000;
+  const drift =
+    worker && driftMs > 0
+      ? new DriftMonitor(store, driver, {
+          observe: (vmId) => executor.observe(vmId),
+          lockVm: (vmId) => lockVm(opts.databaseUrl, vmId),
+          recheckAfterMs: driftMs / 2,
+          log,
+        })
+      : undefined;
+  if (drift) {
+    loop(async function driftCheck() {
+      await drift.checkAll();
+    }, driftMs);
+  }
 
   return {
     worker,
     intake,
     queue,
     driver,
+    drift,
     stop: async () => {
       stopping = true;
       for (const t of timers) clearTimeout(t);
+      await drift?.stop();
       await worker?.close();
       await intake?.close();
       await queue.close();

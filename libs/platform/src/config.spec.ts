@@ -14,6 +14,7 @@ describe('worker settings in the typed boot configuration', () => {
       convergeTimeoutMs: 60_000,
       deviceDelTimeoutMs: 20_000,
       bootTimeoutMs: 120_000,
+      driftCheckIntervalMs: 30_000,
     });
   });
 
@@ -27,6 +28,7 @@ describe('worker settings in the typed boot configuration', () => {
       MEMPLANE_CONVERGE_TIMEOUT_MS: '90000',
       MEMPLANE_DEVICE_DEL_TIMEOUT_MS: '5000',
       MEMPLANE_BOOT_TIMEOUT_MS: '30000',
+      MEMPLANE_DRIFT_CHECK_INTERVAL_MS: '0',
     }).worker;
     assert.deepEqual(w, {
       mode: 'off',
@@ -38,6 +40,7 @@ describe('worker settings in the typed boot configuration', () => {
       convergeTimeoutMs: 90_000,
       deviceDelTimeoutMs: 5_000,
       bootTimeoutMs: 30_000,
+      driftCheckIntervalMs: 0,
     });
   });
 
@@ -57,6 +60,7 @@ describe('worker settings in the typed boot configuration', () => {
     ['a timeout that is not a number', { MEMPLANE_CONVERGE_TIMEOUT_MS: 'soon' }, /MEMPLANE_CONVERGE_TIMEOUT_MS: .*number/],
     ['a device_del timeout below a second', { MEMPLANE_DEVICE_DEL_TIMEOUT_MS: '10' }, /MEMPLANE_DEVICE_DEL_TIMEOUT_MS: .*>=1000/],
     ['a boot timeout above an hour', { MEMPLANE_BOOT_TIMEOUT_MS: '3600001' }, /MEMPLANE_BOOT_TIMEOUT_MS: .*<=3600000/],
+    ['a drift interval below a second but not off', { MEMPLANE_DRIFT_CHECK_INTERVAL_MS: '250' }, /MEMPLANE_DRIFT_CHECK_INTERVAL_MS: must be 0 \(no drift checks\) or at least 1000/],
   ];
   for (const [what, env, message] of refused) {
     it(`refuses ${what}, naming the variable and the rule`, () => {

@@ -42,6 +42,9 @@ const EnvSchema = z
     MEMPLANE_CONVERGE_TIMEOUT_MS: millis(1_000, 3_600_000).default(60_000),
     MEMPLANE_DEVICE_DEL_TIMEOUT_MS: millis(1_000, 3_600_000).default(20_000),
     MEMPLANE_BOOT_TIMEOUT_MS: millis(1_000, 3_600_000).default(120_000),
+    MEMPLANE_DRIFT_CHECK_INTERVAL_MS: millis(0, 86_400_000)
+      .refine((ms) => ms === 0 || ms >= 1_000, 'must be 0 (no drift checks) or at least 1000')
+      .default(30_000),
   })
   .superRefine((env, ctx) => {
     if (Boolean(env.MEMPLANE_GRPC_TLS_CERT) !== Boolean(env.MEMPLANE_GRPC_TLS_KEY)) {
@@ -92,6 +95,8 @@ export interface WorkerConfig {
   convergeTimeoutMs: number;
   deviceDelTimeoutMs: number;
   bootTimeoutMs: number;
+  /** How often each idle running VM's memory is compared with its desired state; 0 = never. */
+  driftCheckIntervalMs: number;
 }
 
 export class ConfigError extends Error {}
@@ -137,6 +142,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
       convergeTimeoutMs: e.MEMPLANE_CONVERGE_TIMEOUT_MS,
       deviceDelTimeoutMs: e.MEMPLANE_DEVICE_DEL_TIMEOUT_MS,
       bootTimeoutMs: e.MEMPLANE_BOOT_TIMEOUT_MS,
+      driftCheckIntervalMs: e.MEMPLANE_DRIFT_CHECK_INTERVAL_MS,
     },
   };
 }
