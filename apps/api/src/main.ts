@@ -1,5 +1,5 @@
 import { loadConfigOrExit } from '#platform';
-import { executorConfigFromEnv, startWorker } from '../../worker/src/worker';
+import { executorConfigOf, startWorker } from '../../worker/src/worker';
 import { startMemplane } from './server';
 
 async function main(): Promise<void> {
@@ -8,14 +8,15 @@ async function main(): Promise<void> {
   const running = await startMemplane(config, log);
   // One command runs everything on the embedded default: a worker executes operations in
   // this process too, unless MEMPLANE_WORKER=off (run apps/worker separately, as many as wanted).
-  const env = process.env;
   const worker =
-    (env['MEMPLANE_WORKER'] ?? 'embedded') === 'embedded'
+    config.worker.mode === 'embedded'
       ? await startWorker({
           databaseUrl: running.databaseUrl,
           redisUrl: running.redisUrl,
-          ...(env['MEMPLANE_QUEUE_PREFIX'] ? { prefix: env['MEMPLANE_QUEUE_PREFIX'] } : {}),
-          executor: executorConfigFromEnv(config.dataDir, env),
+          prefix: config.worker.queuePrefix,
+          concurrency: config.worker.concurrency,
+          executor: executorConfigOf(config),
+          driftCheckIntervalMs: config.worker.driftCheckIntervalMs,
           log: (line) => console.log(`[memplane-worker] ${line}`),
         })
       : undefined;

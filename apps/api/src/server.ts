@@ -5,7 +5,7 @@ import type { NestExpressApplication } from '@nestjs/platform-express';
 import type { NextFunction, Request, Response } from 'express';
 import { join } from 'node:path';
 import { DomainError } from '#domain';
-import { applyMigrations, startEmbeddedPostgres, startEmbeddedRedis, type AppConfig } from '#platform';
+import { startDataServices, type AppConfig } from '#platform';
 import { startGrpc } from './grpc/server';
 import { correlationMiddleware } from './rest/request-context';
 import { RestModule } from './rest/rest.module';
@@ -40,21 +40,9 @@ function requireJson(req: Request, res: Response, next: NextFunction): void {
 export async function startMemplane(config: AppConfig, log: (line: string) => void = () => undefined): Promise<RunningMemplane> {
   const stops: (() => Promise<void>)[] = [];
   try {
-    let databaseUrl: string;
-    if ('url' in config.database) databaseUrl = config.database.url.reveal();
-    else {
-      const pg = await startEmbeddedPostgres({ ...config.database.embedded, log });
-      stops.push(pg.stop);
-      databaseUrl = pg.url;
-    }
-    let redisUrl: string;
-    if ('url' in config.redis) redisUrl = config.redis.url.reveal();
-    else {
-      const redis = await startEmbeddedRedis({ ...config.redis.embedded, log });
-      stops.push(redis.stop);
-      redisUrl = redis.url;
-    }
-    const appliedMigrations = await applyMigrations(databaseUrl);
+    const data = await startDataServices(config, log);
+    stops.push(data.stop);
+    const { databaseUrl, redisUrl, appliedMigrations } = data;
     const runtime = Runtime.create(config, { databaseUrl, redisUrl });
     stops.push(() => runtime.close());
     const bootstrapKey = await runtime.apiKeys.bootstrap(config.bootstrapKey?.reveal());

@@ -1,28 +1,39 @@
-import { loadConfigOrExit, startEmbeddedPostgres, startEmbeddedRedis } from '#platform';
-import { executorConfigFromEnv, startWorker } from './worker';
+import { loadConfigOrExit, startDataServices } from '#platform';
+import { executorConfigOf, startWorker } from './worker';
 
 /**
  * The worker: executes Operations against QEMU on this host. It shares the API's
- * configuration (DATABASE_URL / REDIS_URL, or the same embedded servers).
+ * configuration (DATABASE_URL / REDIS_URL, or the same embedded servers) and its start:
+ * the same data services and the same migrations, so a worker started alone on an empty
+ * database comes up as the API would.
  */
 async function main(): Promise<void> {
   const config = loadConfigOrExit();
   const log = (line: string) => console.log(`[memplane-worker] ${line}`);
-  const databaseUrl = 'url' in config.database ? config.database.url.reveal() : (await startEmbeddedPostgres({ ...config.database.embedded, log })).url;
-  const redisUrl = 'url' in config.redis ? config.redis.url.reveal() : (await startEmbeddedRedis({ ...config.redis.embedded, log })).url;
-  const env = process.env;
+  const data = await startDataServices(config, log);
   const running = await startWorker({
-    databaseUrl,
-    redisUrl,
-    ...(env['MEMPLANE_QUEUE_PREFIX'] ? { prefix: env['MEMPLANE_QUEUE_PREFIX'] } : {}),
-    concurrency: Number(env['MEMPLANE_WORKER_CONCURRENCY'] ?? 4),
-    executor: executorConfigFromEnv(config.dataDir, env),
+    databaseUrl: data.databaseUrl,
+    redisUrl: data.redisUrl,
+    prefix: config.worker.queuePrefix,
+    concurrency: config.worker.concurrency,
+    executor: executorConfigOf(config),
+    driftCheckIntervalMs: config.worker.driftCheckIntervalMs,
     log,
   });
-  log(`executing operations from Redis ${redisUrl}; VMs run detached and survive this process`);
-  const stop = () => void running.stop().then(() => process.exit(0));
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log(`${signal}: shutting down`);
+    void running
+      .stop()
+      .then(() => data.stop())
+      .then(() => process.exit(0));
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  log(`migrations applied this start: ${data.appliedMigrations.length ? data.appliedMigrations.join(', ') : 'none (up to date)'}`);
+  log(`executing operations from Redis ${'url' in config.redis ? '(REDIS_URL)' : `local redis-server on port ${config.redis.embedded.port}`}; VMs run detached and survive this process`);
 }
 
 main().catch((e: unknown) => {

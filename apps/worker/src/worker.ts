@@ -2,10 +2,10 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { DelayedError, Queue, Worker, type Job } from 'bullmq';
 import { Client } from 'pg';
-import { EngineStore, OperationExecutor, type ExecutorConfig } from '#application';
+import { DriftMonitor, EngineStore, OperationExecutor, type ExecutorConfig } from '#application';
 import { LocalHypervisorDriver, type HypervisorDriver } from '#hypervisor';
 import { Database } from '#persistence';
-import { projectRoot } from '#platform';
+import { projectRoot, type AppConfig } from '#platform';
 import { startIntake } from './intake';
 import { EXECUTE_OPERATION, OPERATIONS_QUEUE, operationJobId, redisConnection, type ExecuteOperationJob } from '#queue';
 
@@ -20,6 +20,8 @@ export interface WorkerOptions {
   /** How often the outbox is read; the API also enqueues right after commit. */
   dispatchIntervalMs?: number;
   sweepIntervalMs?: number;
+  /** How often idle running VMs are checked for drift (DriftMonitor); 0 = never. Default 30 s. */
+  driftCheckIntervalMs?: number;
   /** A non-terminal operation untouched for this long is re-sent (its job may be lost with Redis). */
   stuckAfterMs?: number;
   driver?: HypervisorDriver;
@@ -35,26 +37,25 @@ export interface RunningWorker {
   intake: Worker | undefined;
   queue: Queue<ExecuteOperationJob>;
   driver: HypervisorDriver;
+  drift: DriftMonitor | undefined;
   stop(): Promise<void>;
 }
 
 /**
- * The executor's settings from the environment (read once at boot, by the worker app and by
- * the API when it runs a worker in-process). KVM only when asked for: /dev/kvm can exist
- * where KVM cannot run a guest (nested, as on this project's CI machines).
+ * The executor's settings from the typed boot configuration (the worker app's and the API's
+ * when it runs a worker in-process); guest images from this checkout's cache.
  */
-export function executorConfigFromEnv(dataDir: string, env: NodeJS.ProcessEnv = process.env): Omit<ExecutorConfig, 'log'> {
-  const accel = env['MEMPLANE_QEMU_ACCEL'] ?? 'tcg,thread=single';
+export function executorConfigOf(config: Pick<AppConfig, 'dataDir' | 'worker'>): Omit<ExecutorConfig, 'log'> {
+  const w = config.worker;
   return {
-    runtimeDir: join(dataDir, 'vms'),
+    runtimeDir: join(config.dataDir, 'vms'),
     bootImage: cachedGuestImages(projectRoot()),
-    accel,
-    // Under TCG the 6.12 guest needs a CPU without cmpxchg16b (see libs/testing/src/guest.ts).
-    cpuModel: env['MEMPLANE_QEMU_CPU'] ?? (accel.startsWith('kvm') ? 'host' : 'max,-cx16'),
-    hostNodeBinding: (env['MEMPLANE_HOST_NODE_BINDING'] as 'bind' | 'none' | 'auto' | undefined) ?? 'auto',
-    convergeTimeoutMs: Number(env['MEMPLANE_CONVERGE_TIMEOUT_MS'] ?? 60_000),
-    deviceDelTimeoutMs: Number(env['MEMPLANE_DEVICE_DEL_TIMEOUT_MS'] ?? 20_000),
-    bootTimeoutMs: Number(env['MEMPLANE_BOOT_TIMEOUT_MS'] ?? 120_000),
+    accel: w.qemuAccel,
+    cpuModel: w.qemuCpu,
+    hostNodeBinding: w.hostNodeBinding,
+    convergeTimeoutMs: w.convergeTimeoutMs,
+    deviceDelTimeoutMs: w.deviceDelTimeoutMs,
+    bootTimeoutMs: w.bootTimeoutMs,
   };
 }
 
@@ -182,15 +183,33 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   const timers: NodeJS.Timeout[] = [];
   loop(dispatch, opts.dispatchIntervalMs ?? 20);
   loop(sweep, opts.sweepIntervalMs ?? 5_000);
+  // The sweeper also reports drift of running VMs no operation is changing (it never repairs: see DriftMonitor).
+  const driftMs = opts.driftCheckIntervalMs ?? 30_000;
+  const drift =
+    worker && driftMs > 0
+      ? new DriftMonitor(store, driver, {
+          observe: (vmId) => executor.observe(vmId),
+          lockVm: (vmId) => lockVm(opts.databaseUrl, vmId),
+          recheckAfterMs: driftMs / 2,
+          log,
+        })
+      : undefined;
+  if (drift) {
+    loop(async function driftCheck() {
+      await drift.checkAll();
+    }, driftMs);
+  }
 
   return {
     worker,
     intake,
     queue,
     driver,
+    drift,
     stop: async () => {
       stopping = true;
       for (const t of timers) clearTimeout(t);
+      await drift?.stop();
       await worker?.close();
       await intake?.close();
       await queue.close();

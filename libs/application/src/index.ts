@@ -13,3 +13,4 @@ export * from './topology.service';
 export * from './watch.service';
 export * from './engine/engine-store';
 export * from './engine/operation-executor';
+export * from './engine/drift-monitor';

@@ -12,6 +12,7 @@ import {
   etagOf,
   groupChangeMode,
   groupGuestFacts,
+  groupDrift,
   groupSpecOf,
   holdingBytes,
   normalizeGroupInput,
@@ -21,6 +22,7 @@ import {
   resolveGuestMemorySettings,
   type CreateMemoryGroupInput,
   type GuestMemorySettings,
+  type MemoryDrift,
   type MemoryGroup,
   type OperationKind,
   type OperationRollback,
@@ -48,6 +50,10 @@ export function principalLabel(ctx: CallContext): string {
 
 export function settingsOf(vm: Pick<VmSpec, 'kernelProfile' | 'guestMemory'>): GuestMemorySettings {
   return resolveGuestMemorySettings(vm.kernelProfile, vm.guestMemory);
+}
+
+function optionalDrift(drift: MemoryDrift | undefined): { memoryDrift?: MemoryDrift } {
+  return drift ? { memoryDrift: drift } : {};
 }
 
 /** The API view of a group; `all` are the VM's groups (the effective guest node depends on them). */
@@ -79,6 +85,7 @@ export function memoryGroupView(vm: VmRecord, all: readonly MemoryGroupRecord[],
     onlineBlocks: g.onlineBlocks,
     onlineZones: g.onlineZones,
     ...(g.activeOperation ? { operation: g.activeOperation.name } : {}),
+    ...optionalDrift(groupDrift(vm.memoryDrift, g.name, g.createTime)),
     etag: g.etag,
     createTime: g.createTime,
     updateTime: g.updateTime,

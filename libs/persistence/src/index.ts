@@ -5,6 +5,7 @@ export * from './api-key.repository';
 export * from './audit.repository';
 export * from './idempotency.repository';
 export * from './vm.repository';
+export * from './vm-drift.repository';
 export * from './memory-group.repository';
 export * from './ledger.repository';
 export * from './operation.repository';

@@ -1,4 +1,4 @@
-import { DomainError, etagOf, type GuestMemoryOverrides, type GuestNodeSpec, type HostNode, type HostState, type NodeKind, type Vm, type VmSpec, type VmState } from '#domain';
+import { DomainError, driftRecord, etagOf, type GuestMemoryOverrides, type MemoryDriftCondition, type GuestNodeSpec, type HostNode, type HostState, type NodeKind, type Vm, type VmSpec, type VmState } from '#domain';
 import type { Tx } from './database';
 import { isUniqueViolation } from './database';
 import type { Sql } from './sql';
@@ -33,6 +33,8 @@ export interface VmRow {
   qga_socket_path?: string | null;
   observed_devices?: unknown;
   observed_at?: Date | string | null;
+  memory_drift?: unknown;
+  memory_drift_checked_at?: Date | string | null;
 }
 
 /** Rows as selected below, or as JSON from memplane_lock_vm (timestamps then arrive as strings). */
@@ -68,6 +70,9 @@ export function vmRowToRecord(r: VmRow): VmRecord {
     ...(r.qemu_pid && r.qga_socket_path ? { qgaSocketPath: r.qga_socket_path } : {}),
     observedMemoryDevices: Array.isArray(r.observed_devices) ? (r.observed_devices as Record<string, unknown>[]) : [],
     ...(r.observed_at ? { observeTime: new Date(r.observed_at) } : {}),
+    ...(Array.isArray(r.memory_drift) && r.memory_drift_checked_at
+      ? { memoryDrift: driftRecord(r.memory_drift as MemoryDriftCondition[], new Date(r.memory_drift_checked_at)) }
+      : {}),
   };
 }
 
@@ -75,7 +80,7 @@ export function vmRowToRecord(r: VmRow): VmRecord {
 // that locks the VM row (with that statement's snapshot) is safe.
 const COLUMNS = `v.id, v.name, v.description, v.labels, v.host_id, h.name as host, h.state::text as host_state, v.kernel_profile, v.guest_memory,
   v.memory_slots, v.max_memory_bytes, v.spare_pcie_ports, v.state::text as state, v.version, v.created_at, v.updated_at,
-  v.qemu_pid, v.qmp_socket_path, v.qga_socket_path, v.observed_devices, v.observed_at,
+  v.qemu_pid, v.qmp_socket_path, v.qga_socket_path, v.observed_devices, v.observed_at, v.memory_drift, v.memory_drift_checked_at,
   (select coalesce(json_agg(json_build_object('guestNodeId', n.guest_node_id, 'vcpus', n.vcpus, 'bootMemoryBytes', n.boot_memory_bytes, 'hostNodeId', n.host_node_id)
      order by n.guest_node_id), '[]'::json) from vm_guest_nodes n where n.vm_id = v.id) as guest_nodes`;
 
@@ -188,7 +193,14 @@ export class VmRepository {
 
   /** State is output only: this is for the transition methods and (later) the workers. */
   async setState(sql: Sql, id: string, state: VmState): Promise<void> {
-    await sql.query(`update vms set state = $2::"VmState", version = version + 1, updated_at = now() where id = $1::uuid`, [id, state]);
+    // Drift is reported while the VM runs: leaving RUNNING forgets the last report.
+    await sql.query(
+      `update vms set state = $2::"VmState", version = version + 1, updated_at = now(),
+         memory_drift = case when $2 = 'RUNNING' then memory_drift end,
+         memory_drift_checked_at = case when $2 = 'RUNNING' then memory_drift_checked_at end
+       where id = $1::uuid`,
+      [id, state],
+    );
   }
 
   async delete(sql: Sql, id: string): Promise<void> {

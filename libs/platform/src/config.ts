@@ -8,6 +8,7 @@ import { z } from 'zod';
  */
 const port = z.coerce.number().int().min(0).max(65535);
 const optionalPath = z.string().min(1).optional();
+const millis = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
 
 const EnvSchema = z
   .object({
@@ -25,6 +26,25 @@ const EnvSchema = z
     MEMPLANE_GRPC_TLS_KEY: optionalPath,
     MEMPLANE_GRPC_TLS_CLIENT_CA: optionalPath,
     MEMPLANE_LOG_LEVEL: z.enum(['error', 'warn', 'log', 'debug', 'verbose']).default('log'),
+    // The worker (apps/worker, or the one `npm start` runs in-process).
+    MEMPLANE_WORKER: z.enum(['embedded', 'off']).default('embedded'),
+    MEMPLANE_QUEUE_PREFIX: z
+      .string()
+      .regex(/^[A-Za-z0-9_.-]{1,64}$/, 'must be 1 to 64 letters, digits, "_", "." or "-" (it starts every BullMQ key, before a ":")')
+      .default('bull'),
+    MEMPLANE_WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(4),
+    MEMPLANE_QEMU_ACCEL: z
+      .string()
+      .regex(/^[a-z]+(,[a-z0-9-]+=[A-Za-z0-9_.-]+)*$/, 'must be a QEMU -accel value such as tcg,thread=single or kvm')
+      .default('tcg,thread=single'),
+    MEMPLANE_QEMU_CPU: z.string().regex(/^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.=+-]+)*$/, 'must be a QEMU -cpu value such as host or max,-cx16').optional(),
+    MEMPLANE_HOST_NODE_BINDING: z.enum(['auto', 'bind', 'none']).default('auto'),
+    MEMPLANE_CONVERGE_TIMEOUT_MS: millis(1_000, 3_600_000).default(60_000),
+    MEMPLANE_DEVICE_DEL_TIMEOUT_MS: millis(1_000, 3_600_000).default(20_000),
+    MEMPLANE_BOOT_TIMEOUT_MS: millis(1_000, 3_600_000).default(120_000),
+    MEMPLANE_DRIFT_CHECK_INTERVAL_MS: millis(0, 86_400_000)
+      .refine((ms) => ms === 0 || ms >= 1_000, 'must be 0 (no drift checks) or at least 1000')
+      .default(30_000),
   })
   .superRefine((env, ctx) => {
     if (Boolean(env.MEMPLANE_GRPC_TLS_CERT) !== Boolean(env.MEMPLANE_GRPC_TLS_KEY)) {
@@ -55,6 +75,28 @@ export interface AppConfig {
   maxBodyBytes: number;
   grpcTls?: { certPath: string; keyPath: string; clientCaPath?: string };
   logLevel: 'error' | 'warn' | 'log' | 'debug' | 'verbose';
+  worker: WorkerConfig;
+}
+
+/** What the hotplug engine's worker needs, whichever process runs it. */
+export interface WorkerConfig {
+  /** `embedded`: the API process runs a worker too; `off`: only apps/worker processes do. */
+  mode: 'embedded' | 'off';
+  /** BullMQ key prefix shared by the API, the workers and automation. */
+  queuePrefix: string;
+  /** Operations run in parallel on different VMs (one VM's run one at a time). */
+  concurrency: number;
+  /** QEMU `-accel`; KVM only when asked for (/dev/kvm can exist where KVM cannot run a guest). */
+  qemuAccel: string;
+  /** QEMU `-cpu`: `host` with KVM, `max,-cx16` under TCG (the 6.12 guest needs no cmpxchg16b there). */
+  qemuCpu: string;
+  /** `auto`: bind guest memory to host nodes when this machine has them. */
+  hostNodeBinding: 'auto' | 'bind' | 'none';
+  convergeTimeoutMs: number;
+  deviceDelTimeoutMs: number;
+  bootTimeoutMs: number;
+  /** How often each idle running VM's memory is compared with its desired state; 0 = never. */
+  driftCheckIntervalMs: number;
 }
 
 export class ConfigError extends Error {}
@@ -90,6 +132,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
         }
       : {}),
     logLevel: e.MEMPLANE_LOG_LEVEL,
+    worker: {
+      mode: e.MEMPLANE_WORKER,
+      queuePrefix: e.MEMPLANE_QUEUE_PREFIX,
+      concurrency: e.MEMPLANE_WORKER_CONCURRENCY,
+      qemuAccel: e.MEMPLANE_QEMU_ACCEL,
+      qemuCpu: e.MEMPLANE_QEMU_CPU ?? (e.MEMPLANE_QEMU_ACCEL.startsWith('kvm') ? 'host' : 'max,-cx16'),
+      hostNodeBinding: e.MEMPLANE_HOST_NODE_BINDING,
+      convergeTimeoutMs: e.MEMPLANE_CONVERGE_TIMEOUT_MS,
+      deviceDelTimeoutMs: e.MEMPLANE_DEVICE_DEL_TIMEOUT_MS,
+      bootTimeoutMs: e.MEMPLANE_BOOT_TIMEOUT_MS,
+      driftCheckIntervalMs: e.MEMPLANE_DRIFT_CHECK_INTERVAL_MS,
+    },
   };
 }
 

@@ -1,4 +1,5 @@
 export * from './config';
+export * from './data-services';
 export * from './embedded-postgres';
 export * from './embedded-redis';
 export * from './migrations';

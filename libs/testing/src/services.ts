@@ -15,7 +15,8 @@ export function testServices(): { templateUrl: string; redisUrl: string } {
   return { templateUrl, redisUrl };
 }
 
-export async function freshDatabase(): Promise<{ url: string; drop: () => Promise<void> }> {
+/** A database of its own: a copy of the migrated template, or (`empty`) one with no schema at all. */
+export async function freshDatabase(opts: { empty?: boolean } = {}): Promise<{ url: string; drop: () => Promise<void> }> {
   const { templateUrl } = testServices();
   const name = `t_${randomBytes(6).toString('hex')}`;
   const admin = new URL(templateUrl);
@@ -27,7 +28,7 @@ export async function freshDatabase(): Promise<{ url: string; drop: () => Promis
     // CREATE DATABASE ... TEMPLATE fails if another copy is being made at the same instant.
     for (let attempt = 0; ; attempt++) {
       try {
-        await client.query(`create database ${name} template ${template}`);
+        await client.query(opts.empty ? `create database ${name}` : `create database ${name} template ${template}`);
         break;
       } catch (e) {
         if (attempt > 20 || !/being accessed by other users/.test(String(e))) throw e;

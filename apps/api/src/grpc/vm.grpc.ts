@@ -7,6 +7,8 @@ import type {
   MemmapPlacement as DomainMemmap,
   MemoryGroup as DomainGroup,
   MemoryGroupKind as DomainKind,
+  MemoryDrift as DomainDrift,
+  MemoryDriftReason as DomainDriftReason,
   MovableRatio as DomainRatio,
   OnlinePolicy as DomainOnlinePolicy,
   Operation as DomainOperation,
@@ -19,6 +21,7 @@ import type {
 } from '#domain';
 import type { PoolLedgerView, VmView } from '#application';
 import { Empty } from '#contracts/generated/google/protobuf/empty';
+import { MemoryDriftReason, MemoryDriftState, type MemoryDrift } from '#contracts/generated/memplane/v1/drift';
 import { LedgerServiceService, type GetPoolLedgerRequest, type LedgerServiceServer, type PoolLedger } from '#contracts/generated/memplane/v1/ledger';
 import {
   GroupDesiredState,
@@ -143,6 +146,16 @@ const STEP_STATE: Record<number, DomainStepState> = {
   [OperationStepState.OPERATION_STEP_STATE_DONE]: 'DONE',
   [OperationStepState.OPERATION_STEP_STATE_FAILED]: 'FAILED',
 };
+const DRIFT_REASON_OUT: Record<DomainDriftReason, MemoryDriftReason> = {
+  DEVICE_MISSING: MemoryDriftReason.MEMORY_DRIFT_REASON_DEVICE_MISSING,
+  PLUGGED_SIZE_MISMATCH: MemoryDriftReason.MEMORY_DRIFT_REASON_PLUGGED_SIZE_MISMATCH,
+  REQUESTED_SIZE_MISMATCH: MemoryDriftReason.MEMORY_DRIFT_REASON_REQUESTED_SIZE_MISMATCH,
+  BLOCKS_NOT_ONLINE: MemoryDriftReason.MEMORY_DRIFT_REASON_BLOCKS_NOT_ONLINE,
+  WRONG_ZONE: MemoryDriftReason.MEMORY_DRIFT_REASON_WRONG_ZONE,
+  UNEXPECTED_DEVICE: MemoryDriftReason.MEMORY_DRIFT_REASON_UNEXPECTED_DEVICE,
+  UNEXPECTED_BACKEND: MemoryDriftReason.MEMORY_DRIFT_REASON_UNEXPECTED_BACKEND,
+  QEMU_NOT_RUNNING: MemoryDriftReason.MEMORY_DRIFT_REASON_QEMU_NOT_RUNNING,
+};
 const VM_STATE_OUT = invert(VM_STATE);
 const ONLINE_POLICY_OUT = invert(ONLINE_POLICY);
 const ZONE_OUT = invert(ZONE);
@@ -211,6 +224,26 @@ function ratioTo(r: DomainRatio): MovableRatio {
     limitBytes: big(r.limitBytes),
     ...(r.ratioPercent === null ? {} : { ratioPercent: r.ratioPercent }),
     exceeds: r.exceeds,
+  };
+}
+
+/** A drift record (output only): numbers only where the reason has them. */
+export function driftToProto(d: DomainDrift): MemoryDrift {
+  return {
+    state: d.state === 'DRIFTED' ? MemoryDriftState.MEMORY_DRIFT_STATE_DRIFTED : MemoryDriftState.MEMORY_DRIFT_STATE_IN_SYNC,
+    conditions: d.conditions.map((c) => ({
+      reason: DRIFT_REASON_OUT[c.reason] ?? MemoryDriftReason.MEMORY_DRIFT_REASON_UNSPECIFIED,
+      memoryGroup: c.memoryGroup ?? '',
+      qemuId: c.qemuId ?? '',
+      message: c.message,
+      ...(c.expectedBytes !== undefined ? { expectedBytes: big(c.expectedBytes) } : {}),
+      ...(c.observedBytes !== undefined ? { observedBytes: big(c.observedBytes) } : {}),
+      ...(c.expectedBlocks !== undefined ? { expectedBlocks: c.expectedBlocks } : {}),
+      ...(c.observedBlocks !== undefined ? { observedBlocks: c.observedBlocks } : {}),
+      expectedZone: c.expectedZone ?? '',
+      observedZone: c.observedZone ?? '',
+    })),
+    checkTime: d.checkTime,
   };
 }
 
@@ -289,6 +322,7 @@ export function vmToProto(v: VmView): Vm {
       };
     }),
     observeTime: v.observeTime,
+    ...(v.memoryDrift ? { memoryDrift: driftToProto(v.memoryDrift) } : {}),
   };
 }
 
@@ -317,6 +351,7 @@ export function groupToProto(g: DomainGroup): MemoryGroup {
     pluggedBytes: big(g.pluggedBytes),
     onlineBlocks: g.onlineBlocks,
     onlineZones: { ...(g.onlineZones ?? {}) },
+    ...(g.memoryDrift ? { memoryDrift: driftToProto(g.memoryDrift) } : {}),
     operation: g.operation ?? '',
     etag: g.etag,
     createTime: g.createTime,

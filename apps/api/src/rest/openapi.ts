@@ -3,7 +3,7 @@ import type { Response } from 'express';
 import { z } from 'zod';
 import { Public } from './auth.guard';
 import { PreviewTopologyBody, TopologyResource } from './topology.controller';
-import { GROUP_OBSERVED_STATES, OPERATION_KINDS, OPERATION_STATES, VM_STATES } from '#domain';
+import { GROUP_OBSERVED_STATES, MEMORY_DRIFT_REASONS, MEMORY_DRIFT_STATES, OPERATION_KINDS, OPERATION_STATES, VM_STATES } from '#domain';
 import {
   CreateApiKeyBody,
   CreateHostBody,
@@ -39,6 +39,26 @@ const PoolResource = z.object({ ...CreatePoolBody.shape, allocatedBytes: z.numbe
 const intz = z.number().int();
 const GuestUnit = z.object({ mode: z.enum(['DIMM', 'SBM', 'BBM']), unitBytes: intz, memoryGroupUnitBytes: intz });
 const MEMMAP = ['SELF_HOSTED', 'DISABLED', 'NOT_REQUESTED_BY_DRIVER', 'RANGE_NOT_ONE_BLOCK', 'BLOCK_SIZE_UNSUITABLE'] as const;
+const MemoryDrift = z
+  .object({
+    state: z.enum(MEMORY_DRIFT_STATES as [string, ...string[]]),
+    conditions: z.array(
+      z.object({
+        reason: z.enum(MEMORY_DRIFT_REASONS as [string, ...string[]]),
+        memoryGroup: z.string().optional().describe('absent for a device or backend no group accounts for'),
+        qemuId: z.string().optional().describe('the QEMU device or object id'),
+        message: z.string(),
+        expectedBytes: intz.optional(),
+        observedBytes: intz.optional(),
+        expectedBlocks: intz.optional(),
+        observedBlocks: intz.optional(),
+        expectedZone: z.string().optional(),
+        observedZone: z.string().optional(),
+      }),
+    ),
+    checkTime: z.iso.datetime().describe('when the last check began observing QEMU and the guest'),
+  })
+  .describe('output only: the last drift check while the VM runs and no operation changes it; reported, never repaired by itself');
 const MemoryGroupResource = z.object({
   ...CreateMemoryGroupBody.shape,
   vm: z.string(),
@@ -55,6 +75,7 @@ const MemoryGroupResource = z.object({
   pluggedBytes: intz,
   onlineBlocks: intz,
   operation: z.string().optional().describe('the PENDING or RUNNING operation bringing the guest to the desired state'),
+  memoryDrift: MemoryDrift.optional().describe('the VM\'s last drift check, with the conditions about this group'),
   etag: z.string(),
   createTime: z.iso.datetime(),
   updateTime: z.iso.datetime(),
@@ -99,6 +120,7 @@ const VmResource = z.object({
   guestNodes: z.array(GuestNodeBody),
   state: z.enum(VM_STATES as [string, ...string[]]).describe('output only; changes through :start and :stop'),
   memoryReport: VmMemoryReport,
+  memoryDrift: MemoryDrift.optional().describe('absent until the first check after the VM started running'),
   ...timestamps,
 });
 const OperationResource = z.object({

@@ -15,6 +15,7 @@ import {
   type MemoryGroupKind,
   type MemoryGroupSpec,
 } from '../memory';
+import type { MemoryDrift } from '../hotplug/drift';
 import { formatBytes } from '../units';
 import { MAX_GUEST_NODES, type VmSpec } from './vm';
 
@@ -91,6 +92,8 @@ export interface MemoryGroup {
   onlineZones?: Record<string, number>;
   /** The operation bringing the guest to the desired state, while one is pending or running. */
   operation?: string;
+  /** Output only: the VM's last drift check, the conditions about this group (see Vm.memoryDrift). */
+  memoryDrift?: MemoryDrift;
   etag: string;
   createTime: Date;
   updateTime: Date;

@@ -9,6 +9,7 @@ import { DomainError, Violations } from '../errors';
 import type { HostNode, HostState } from '../inventory/host';
 import { checkDescription, checkLabels, checkName } from '../inventory/names';
 import { collectVmMemoryLayout, type GuestMemoryOverrides, type GuestMemorySettings, type VmMemoryLayout } from '../memory';
+import type { MemoryDrift } from '../hotplug/drift';
 import { formatBytes, isMultipleOf, MiB } from '../units';
 
 export type VmState = 'DEFINED' | 'STARTING' | 'RUNNING' | 'STOPPING' | 'STOPPED' | 'FAILED';
@@ -54,6 +55,11 @@ export interface Vm extends VmSpec {
   /** Output only: query-memory-devices as the engine last saw it, and when. */
   observedMemoryDevices?: Record<string, unknown>[];
   observeTime?: Date;
+  /**
+   * Output only, while the VM runs: the sweeper's last comparison of its memory (QEMU devices,
+   * guest blocks and zones) with the desired state, made only while no operation runs.
+   */
+  memoryDrift?: MemoryDrift;
   etag: string;
   createTime: Date;
   updateTime: Date;
