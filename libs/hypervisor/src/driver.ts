@@ -3,6 +3,7 @@ import {
   checkBlockIndexes,
   describeAgentResponses,
   GUEST_ONLINE_TYPES,
+  offlineBlocks,
   onlineBlocksInZone,
   readBlockZones,
   type GuestMemoryBlockZone,
@@ -107,7 +108,10 @@ export interface HypervisorDriver {
    * write, is a per-block failure (`errorCode` errno, `message`), never an exception.
    */
   onlineGuestMemoryBlocks(vmId: string, physIndexes: readonly number[], type: GuestOnlineType): Promise<GuestMemoryBlockResponse[]>;
-  /** `guest-set-memory-blocks` offline; a block that cannot be offlined is a per-block failure with `message`. */
+  /**
+   * Offlines blocks, each write bounded in time (one `guest-exec`, see guest-memory-zones.ts);
+   * a block that cannot be offlined is a per-block failure with `errorCode` and `message`.
+   */
   offlineGuestMemoryBlocks(vmId: string, physIndexes: readonly number[]): Promise<GuestMemoryBlockResponse[]>;
   /** State and zone (`valid_zones`) of each block, one `guest-exec` for all of them. */
   guestMemoryBlockZones(vmId: string, physIndexes: readonly number[]): Promise<GuestMemoryBlockZone[]>;
@@ -275,8 +279,7 @@ export class LocalHypervisorDriver implements HypervisorDriver {
   async offlineGuestMemoryBlocks(vmId: string, physIndexes: readonly number[]): Promise<GuestMemoryBlockResponse[]> {
     checkBlockIndexes(physIndexes);
     if (physIndexes.length === 0) return [];
-    const qga = await this.qga(vmId);
-    return describeAgentResponses('offline', await qga.setMemoryBlocks(physIndexes.map((physIndex) => ({ physIndex, online: false }))));
+    return offlineBlocks(await this.qga(vmId), physIndexes);
   }
 
   async guestMemoryBlockZones(vmId: string, physIndexes: readonly number[]): Promise<GuestMemoryBlockZone[]> {
