@@ -54,6 +54,7 @@ export function executorConfigFromEnv(dataDir: string, env: NodeJS.ProcessEnv = 
     hostNodeBinding: (env['MEMPLANE_HOST_NODE_BINDING'] as 'bind' | 'none' | 'auto' | undefined) ?? 'auto',
     convergeTimeoutMs: Number(env['MEMPLANE_CONVERGE_TIMEOUT_MS'] ?? 60_000),
     deviceDelTimeoutMs: Number(env['MEMPLANE_DEVICE_DEL_TIMEOUT_MS'] ?? 20_000),
+    shrinkStallMs: Number(env['MEMPLANE_SHRINK_STALL_MS'] ?? 10_000),
     bootTimeoutMs: Number(env['MEMPLANE_BOOT_TIMEOUT_MS'] ?? 120_000),
   };
 }
