@@ -304,7 +304,9 @@ for (const kernel of ['linux-6.1', 'linux-6.12'] as const) {
       assert.equal(l.allocatedBytes, ledgerBefore.allocatedBytes - 512 * MiB + plugged);
       assert.equal(await node1TotalBytes(), plugged);
 
-      // Once the guest lets go it grows back to its size (and shrinks again later as asked).
+      // Once the guest lets go it grows back to its size. (Whether a kernel-zone shrink then
+      // completes is up to the guest: its own memmap and other kernel allocations can land in
+      // that memory too. The completed shrink is in hotplug.e2e-spec.ts, on movable memory.)
       await release();
       const grow = await http(api, 'POST', '/v1/vms/vm-f/memory-groups/vmem-k:resize', { body: { requestedBytes: 512 * MiB } });
       assert.equal(grow.status, 200, JSON.stringify(grow.body));
@@ -312,14 +314,6 @@ for (const kernel of ['linux-6.1', 'linux-6.12'] as const) {
       const grown = await group('vmem-k');
       assert.deepEqual([grown.pluggedBytes, grown.heldBytes, grown.onlineZones], [512 * MiB, 512 * MiB, { Normal: 4 }], JSON.stringify(grown));
       assert.deepEqual(await ledger(), ledgerBefore);
-
-      // A shrink the guest completes gives the capacity back once the memory is unplugged.
-      const done = await http(api, 'POST', '/v1/vms/vm-f/memory-groups/vmem-k:resize', { body: { requestedBytes: 128 * MiB } });
-      assert.equal(done.body.heldBytes, 512 * MiB, 'held until the guest has given it back');
-      assert.equal((await waitOperation(api, done.body.operation)).state, 'SUCCEEDED');
-      const shrunk = await group('vmem-k');
-      assert.deepEqual([shrunk.pluggedBytes, shrunk.heldBytes], [128 * MiB, 128 * MiB], JSON.stringify(shrunk));
-      assert.equal((await ledger()).allocatedBytes, ledgerBefore.allocatedBytes - 384 * MiB);
     });
 
     it('removing a virtio-mem group from the running guest: done where QEMU can, refused up front where it cannot', async () => {
@@ -349,10 +343,6 @@ for (const kernel of ['linux-6.1', 'linux-6.12'] as const) {
       const vmem = await device<VirtioMemDevice>('vmem-vmem-k');
       assert.deepEqual([vmem?.sizeBytes, vmem?.requestedSizeBytes], [before.pluggedBytes, before.requestedBytes]);
       assert.deepEqual(await ledger(), ledgerBefore);
-      // Its capacity can still be given back by shrinking it to nothing.
-      const empty = await http(api, 'POST', '/v1/vms/vm-f/memory-groups/vmem-k:resize', { body: { requestedBytes: 0 } });
-      assert.equal((await waitOperation(api, empty.body.operation)).state, 'SUCCEEDED');
-      assert.equal((await ledger()).allocatedBytes, ledgerBefore.allocatedBytes - before.heldBytes);
     });
   });
 }
