@@ -253,7 +253,16 @@ export class LocalHypervisorDriver implements HypervisorDriver {
   }
 
   async guestMemoryBlocks(vmId: string): Promise<GuestMemoryBlock[]> {
-    return (await this.qga(vmId)).getMemoryBlocks();
+    // The agent lists /sys/devices/system/memory and then opens each block, so a block the
+    // guest removes in between (virtio-mem unplugging a shrink) fails the whole call with
+    // ENOENT. A fresh listing no longer has it.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await (await this.qga(vmId)).getMemoryBlocks();
+      } catch (e) {
+        if (attempt >= 5 || !isVanishedBlockError(e)) throw e;
+      }
+    }
   }
 
   async setGuestMemoryBlocks(
@@ -290,6 +299,11 @@ export class LocalHypervisorDriver implements HypervisorDriver {
   async stopAll(opts?: StopOptions): Promise<void> {
     await Promise.allSettled([...this.vms.keys()].map((id) => this.stop(id, opts)));
   }
+}
+
+/** guest-get-memory-blocks raced with a block's removal: `open("/sys/devices/system/memory/memory39/"): No such file or directory`. */
+export function isVanishedBlockError(e: unknown): boolean {
+  return e instanceof DomainError && e.reason === 'QGA_GENERIC_ERROR' && /\/sys\/devices\/system\/memory\/memory\d+.*No such file or directory/.test(e.message);
 }
 
 function describe(vmId: string, proc: QemuInstance): VmRuntimeStatus {

@@ -4,6 +4,8 @@ import { spawnSync } from 'node:child_process';
 import { DomainError } from '#domain';
 import { errnoFromMessage, GUEST_SCRIPT_TIMEOUT_S, offlineBlocks, onlineBlocksInZone, parseScriptLines, readBlockZones, zoneSatisfies } from './guest-memory-zones';
 import type { GuestExecResult, QgaChannel } from './qga-client';
+import { isVanishedBlockError } from './driver';
+import { fromQapiError } from './errors';
 import { defaultPidFile, probeQemuPid } from './qemu-launcher';
 
 /** A guest agent whose guest-exec prints `stdout`; records what it was asked to run. */
@@ -110,6 +112,16 @@ describe('guest memory zones (shell protocol)', () => {
     await assert.rejects(readBlockZones(fakeAgent('', 127), [1]), (e: unknown) => e instanceof DomainError && e.reason === 'GUEST_EXEC_FAILED');
     await assert.rejects(readBlockZones(fakeAgent('1|absent||\n'), [1, 2]), /printed nothing for memory2/);
     await assert.rejects(readBlockZones(fakeAgent(''), [-1]), (e: unknown) => e instanceof DomainError && e.code === 'INVALID_ARGUMENT');
+  });
+});
+
+describe('guest-get-memory-blocks racing a block removal', () => {
+  it('recognises the agent error for a block that vanished during the listing, and only that', () => {
+    const vanished = fromQapiError('QGA', 'guest-get-memory-blocks', { class: 'GenericError', desc: 'open("/sys/devices/system/memory/memory39/"): No such file or directory' });
+    assert.equal(isVanishedBlockError(vanished), true);
+    const other = fromQapiError('QGA', 'guest-get-memory-blocks', { class: 'GenericError', desc: 'guest reported zero memory blocks!' });
+    assert.equal(isVanishedBlockError(other), false);
+    assert.equal(isVanishedBlockError(new Error('open("/sys/devices/system/memory/memory39/"): No such file or directory')), false);
   });
 });
 

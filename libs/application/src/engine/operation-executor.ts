@@ -318,7 +318,15 @@ export class OperationExecutor {
         await this.compensate(ctx, g, desired, offlined, 'cancelled');
         throw new Cancelled(`cancelled while ${lastWait || 'running'}`);
       }
-      const observed = await this.observe(vmId);
+      let observed: ObservedVmMemory;
+      try {
+        observed = await this.observe(vmId);
+      } catch (e) {
+        // QEMU or the agent answering with an error of their own is as terminal as a failed step.
+        if (isTransient(e)) throw e;
+        await this.compensate(ctx, g, desired, offlined, 'failed');
+        throw e;
+      }
       const step = nextHotplugStep(desired, observed);
       if (step.kind === 'done') {
         await this.finishGroup(ctx, g, desired, step, vmId);
