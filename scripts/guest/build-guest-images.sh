@@ -7,6 +7,7 @@
 # Output, one folder per kernel profile:
 #   .cache/guest/<profile>/vmlinuz            the kernel
 #   .cache/guest/<profile>/initramfs.cpio.gz  busybox + qemu-ga + virtio modules + /init
+#                                             + /usr/bin/unmovable (scripts/guest/unmovable.c)
 #   .cache/guest/<profile>/kernel-release     e.g. 6.1.0-56-cloud-amd64
 #   .cache/guest/<profile>/stamp              inputs the image was built from
 # The last lines of stdout are "<profile> <vmlinuz> <initramfs>", one per profile.
@@ -52,9 +53,10 @@ READY_MARKER="MEMPLANE-GUEST-READY"
 # Host packages. qemu-guest-agent and busybox-static are installed (not just unpacked)
 # because their binaries are copied into the initramfs together with the host's shared
 # libraries found by ldd; kmod gives depmod (module dependency order); qemu-system-x86 is
-# what the tests run the images with.
+# what the tests run the images with; gcc and libc6-dev build the static test helper
+# `unmovable` (scripts/guest/unmovable.c) that the failure-path tests run in the guest.
 # ---------------------------------------------------------------------------------------
-host_packages=(busybox-static qemu-guest-agent qemu-system-x86 qemu-utils cpio xz-utils gzip kmod debian-archive-keyring)
+host_packages=(busybox-static qemu-guest-agent qemu-system-x86 qemu-utils cpio xz-utils gzip kmod debian-archive-keyring gcc libc6-dev)
 
 ensure_host_packages() {
   local missing=()
@@ -279,7 +281,8 @@ build_profile() { # $1 = profile
   local stamp_want stamp_have="" pkg kroot kver moddir root t0
   t0=$(date +%s)
   local script_hash
-  script_hash="$(sha256sum "$0" | cut -c1-16)"
+  # The image also contains the helper built from unmovable.c: its source is an input too.
+  script_hash="$(cat "$0" "$here/unmovable.c" | sha256sum | cut -c1-16)"
   # Cached path: reuse the kernel version recorded by the last build unless --refresh.
   if [ "$refresh" = 0 ] && [ -f "$out/stamp" ] && [ -f "$out/vmlinuz" ] && [ -f "$out/initramfs.cpio.gz" ]; then
     pkg="$(sed -n 's/^kernel-package=//p' "$out/stamp")"
@@ -320,6 +323,9 @@ build_profile() { # $1 = profile
     [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
   done
   copy_with_libs /usr/sbin/qemu-ga "$root"
+  # Static, so it needs nothing from the host at run time (the guest has no libc of its own
+  # beyond what qemu-ga pulled in).
+  gcc -static -O2 -Wall -Wextra -Werror -o "$root/usr/bin/unmovable" "$here/unmovable.c"
 
   # virtio_pci and friends bring up the PCI transport (built in on 6.12), virtio_console
   # gives the agent its port, virtio_mem handles the DYNAMIC groups.
@@ -345,9 +351,11 @@ build_profile() { # $1 = profile
   cp "$vmlinuz" "$out/vmlinuz.tmp" && mv "$out/vmlinuz.tmp" "$out/vmlinuz"
   (cd "$root" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet --owner 0:0) | gzip -1 >"$out/initramfs.tmp"
   mv "$out/initramfs.tmp" "$out/initramfs.cpio.gz"
-  echo "$kver" >"$out/kernel-release"
-  tr '\n' ' ' <"$root/etc/modules-order" | sed 's/ $/\n/' >"$out/modules"
-  printf '%s\n' "$stamp_want" >"$out/stamp"
+  # Every output is written to a temporary file and renamed: a cache copied with hard links
+  # (cp -al, one per work tree) must not see its files change under it.
+  echo "$kver" >"$out/kernel-release.tmp" && mv "$out/kernel-release.tmp" "$out/kernel-release"
+  tr '\n' ' ' <"$root/etc/modules-order" | sed 's/ $/\n/' >"$out/modules.tmp" && mv "$out/modules.tmp" "$out/modules"
+  printf '%s\n' "$stamp_want" >"$out/stamp.tmp" && mv "$out/stamp.tmp" "$out/stamp"
   rm -rf "$root"
   log "$profile: built $kver in $(($(date +%s) - t0)) s (modules: $(cat "$out/modules"))"
 }

@@ -55,6 +55,7 @@ export function executorConfigOf(config: Pick<AppConfig, 'dataDir' | 'worker'>):
     hostNodeBinding: w.hostNodeBinding,
     convergeTimeoutMs: w.convergeTimeoutMs,
     deviceDelTimeoutMs: w.deviceDelTimeoutMs,
+    shrinkStallMs: w.shrinkStallMs,
     bootTimeoutMs: w.bootTimeoutMs,
   };
 }

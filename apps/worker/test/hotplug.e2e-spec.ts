@@ -150,13 +150,16 @@ describe(`hotplug engine on a real ${kernel} guest, driven through the API`, () 
     let group = await http(api, 'GET', '/v1/vms/vm-e2e/memory-groups/vmem-c');
     assert.equal(group.body.pluggedBytes, 512 * MiB);
 
+    const poolBefore = await http(api, 'GET', '/v1/pools/cxl-e2e');
     const shrink = await http(api, 'POST', '/v1/vms/vm-e2e/memory-groups/vmem-c:resize', { body: { requestedBytes: 128 * MiB } });
     assert.equal(shrink.status, 200, JSON.stringify(shrink.body));
+    assert.equal(shrink.body.heldBytes, 512 * MiB, 'a running shrink holds its extent until the guest has given the memory back');
     op = await waitOperation(api, shrink.body.operation);
     assert.equal(op.state, 'SUCCEEDED', JSON.stringify(op));
     assert.deepEqual([(await device()).size, (await device())['requested-size']], [128 * MiB, 128 * MiB]);
     group = await http(api, 'GET', '/v1/vms/vm-e2e/memory-groups/vmem-c');
-    assert.equal(group.body.pluggedBytes, 128 * MiB);
+    assert.deepEqual([group.body.pluggedBytes, group.body.heldBytes], [128 * MiB, 128 * MiB]);
+    assert.equal((await http(api, 'GET', '/v1/pools/cxl-e2e')).body.allocatedBytes, poolBefore.body.allocatedBytes - 384 * MiB);
   });
 
   it('unplugs a static group: blocks gone, QEMU objects removed, capacity back in the pool', async () => {

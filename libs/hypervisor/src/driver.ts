@@ -3,6 +3,7 @@ import {
   checkBlockIndexes,
   describeAgentResponses,
   GUEST_ONLINE_TYPES,
+  offlineBlocks,
   onlineBlocksInZone,
   readBlockZones,
   type GuestMemoryBlockZone,
@@ -107,7 +108,10 @@ export interface HypervisorDriver {
    * write, is a per-block failure (`errorCode` errno, `message`), never an exception.
    */
   onlineGuestMemoryBlocks(vmId: string, physIndexes: readonly number[], type: GuestOnlineType): Promise<GuestMemoryBlockResponse[]>;
-  /** `guest-set-memory-blocks` offline; a block that cannot be offlined is a per-block failure with `message`. */
+  /**
+   * Offlines blocks, each write bounded in time (one `guest-exec`, see guest-memory-zones.ts);
+   * a block that cannot be offlined is a per-block failure with `errorCode` and `message`.
+   */
   offlineGuestMemoryBlocks(vmId: string, physIndexes: readonly number[]): Promise<GuestMemoryBlockResponse[]>;
   /** State and zone (`valid_zones`) of each block, one `guest-exec` for all of them. */
   guestMemoryBlockZones(vmId: string, physIndexes: readonly number[]): Promise<GuestMemoryBlockZone[]>;
@@ -249,7 +253,16 @@ export class LocalHypervisorDriver implements HypervisorDriver {
   }
 
   async guestMemoryBlocks(vmId: string): Promise<GuestMemoryBlock[]> {
-    return (await this.qga(vmId)).getMemoryBlocks();
+    // The agent lists /sys/devices/system/memory and then opens each block, so a block the
+    // guest removes in between (virtio-mem unplugging a shrink) fails the whole call with
+    // ENOENT. A fresh listing no longer has it.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await (await this.qga(vmId)).getMemoryBlocks();
+      } catch (e) {
+        if (attempt >= 5 || !isVanishedBlockError(e)) throw e;
+      }
+    }
   }
 
   async setGuestMemoryBlocks(
@@ -275,8 +288,7 @@ export class LocalHypervisorDriver implements HypervisorDriver {
   async offlineGuestMemoryBlocks(vmId: string, physIndexes: readonly number[]): Promise<GuestMemoryBlockResponse[]> {
     checkBlockIndexes(physIndexes);
     if (physIndexes.length === 0) return [];
-    const qga = await this.qga(vmId);
-    return describeAgentResponses('offline', await qga.setMemoryBlocks(physIndexes.map((physIndex) => ({ physIndex, online: false }))));
+    return offlineBlocks(await this.qga(vmId), physIndexes);
   }
 
   async guestMemoryBlockZones(vmId: string, physIndexes: readonly number[]): Promise<GuestMemoryBlockZone[]> {
@@ -287,6 +299,11 @@ export class LocalHypervisorDriver implements HypervisorDriver {
   async stopAll(opts?: StopOptions): Promise<void> {
     await Promise.allSettled([...this.vms.keys()].map((id) => this.stop(id, opts)));
   }
+}
+
+/** guest-get-memory-blocks raced with a block's removal: `open("/sys/devices/system/memory/memory39/"): No such file or directory`. */
+export function isVanishedBlockError(e: unknown): boolean {
+  return e instanceof DomainError && e.reason === 'QGA_GENERIC_ERROR' && /\/sys\/devices\/system\/memory\/memory\d+.*No such file or directory/.test(e.message);
 }
 
 function describe(vmId: string, proc: QemuInstance): VmRuntimeStatus {

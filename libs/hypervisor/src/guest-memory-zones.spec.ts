@@ -2,12 +2,14 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { DomainError } from '#domain';
-import { errnoFromMessage, onlineBlocksInZone, parseScriptLines, readBlockZones, zoneSatisfies } from './guest-memory-zones';
+import { errnoFromMessage, GUEST_SCRIPT_TIMEOUT_S, offlineBlocks, onlineBlocksInZone, parseScriptLines, readBlockZones, zoneSatisfies } from './guest-memory-zones';
 import type { GuestExecResult, QgaChannel } from './qga-client';
+import { isVanishedBlockError } from './driver';
+import { fromQapiError } from './errors';
 import { defaultPidFile, probeQemuPid } from './qemu-launcher';
 
 /** A guest agent whose guest-exec prints `stdout`; records what it was asked to run. */
-function fakeAgent(stdout: string, exitCode = 0): QgaChannel & { calls: { path: string; args: readonly string[] }[] } {
+function fakeAgent(stdout: string, exitCode: number | undefined = 0, signal?: number): QgaChannel & { calls: { path: string; args: readonly string[] }[] } {
   const calls: { path: string; args: readonly string[] }[] = [];
   const unused = (): never => {
     throw new Error('not used');
@@ -22,7 +24,7 @@ function fakeAgent(stdout: string, exitCode = 0): QgaChannel & { calls: { path: 
     readFile: unused,
     async exec(path: string, args: readonly string[] = []): Promise<GuestExecResult> {
       calls.push({ path, args });
-      return { exitCode, signal: undefined, stdout: Buffer.from(stdout), stderr: Buffer.from(exitCode ? 'boom' : ''), truncated: false };
+      return { exitCode, signal, stdout: Buffer.from(stdout), stderr: Buffer.from(exitCode ? 'boom' : ''), truncated: false };
     },
   };
 }
@@ -55,8 +57,10 @@ describe('guest memory zones (shell protocol)', () => {
     );
     const r = await onlineBlocksInZone(qga, [32, 33, 40, 41, 99], 'online_movable');
     assert.equal(qga.calls.length, 1);
-    assert.equal(qga.calls[0]!.path, 'sh');
-    assert.deepEqual(qga.calls[0]!.args.slice(2), ['sh', 'online_movable', '32', '33', '40', '41', '99']);
+    // Under the guest's own timeout, so nothing is left running in the guest.
+    assert.equal(qga.calls[0]!.path, 'timeout');
+    assert.deepEqual(qga.calls[0]!.args.slice(0, 5), ['-s', 'KILL', String(GUEST_SCRIPT_TIMEOUT_S), 'sh', '-c']);
+    assert.deepEqual(qga.calls[0]!.args.slice(6), ['sh', 'online_movable', '32', '33', '40', '41', '99']);
     assert.deepEqual(r[0], { physIndex: 32, response: 'success', zone: 'Movable' });
     assert.deepEqual(
       [r[1]!.response, r[1]!.errorCode, r[1]!.message],
@@ -76,10 +80,48 @@ describe('guest memory zones (shell protocol)', () => {
     ]);
   });
 
+  it('offlines with one script, each write bounded, and answers per block like guest-set-memory-blocks', async () => {
+    const qga = fakeAgent(['32|ok||', '33|failed||sh: write error: Device or resource busy', '34|timeout||', '35|already||', '36|not-found||', '37|failed||sh: odd'].join('\n'));
+    const r = await offlineBlocks(qga, [32, 33, 34, 35, 36, 37], 20);
+    assert.equal(qga.calls.length, 1);
+    // The whole script is bounded by the per-block bound times the blocks, plus a margin.
+    assert.deepEqual(qga.calls[0]!.args.slice(0, 3), ['-s', 'KILL', String(6 * 20 + 15)]);
+    assert.deepEqual(qga.calls[0]!.args.slice(6), ['sh', '20', '32', '33', '34', '35', '36', '37']);
+    assert.deepEqual(r, [
+      { physIndex: 32, response: 'success' },
+      { physIndex: 33, response: 'operation-failed', errorCode: 16, message: 'memory33 offline failed with errno 16 (EBUSY)' },
+      {
+        physIndex: 34,
+        response: 'operation-failed',
+        errorCode: 4,
+        message: 'memory34 offline did not finish within 20 s (the guest kept trying to migrate its pages) and was stopped (EINTR)',
+      },
+      { physIndex: 35, response: 'success' },
+      { physIndex: 36, response: 'not-found', message: 'memory36 does not exist in the guest' },
+      { physIndex: 37, response: 'operation-failed', message: 'memory37 offline failed: sh: odd' },
+    ]);
+  });
+
+  it('a script the guest had to kill is a DEADLINE_EXCEEDED, not a hang', async () => {
+    for (const agent of [fakeAgent('', undefined, 9), fakeAgent('', 137)]) {
+      await assert.rejects(readBlockZones(agent, [1]), (e: unknown) => e instanceof DomainError && e.code === 'DEADLINE_EXCEEDED' && e.reason === 'GUEST_EXEC_TIMEOUT');
+    }
+  });
+
   it('fails loudly when the guest script fails or skips a block', async () => {
     await assert.rejects(readBlockZones(fakeAgent('', 127), [1]), (e: unknown) => e instanceof DomainError && e.reason === 'GUEST_EXEC_FAILED');
     await assert.rejects(readBlockZones(fakeAgent('1|absent||\n'), [1, 2]), /printed nothing for memory2/);
     await assert.rejects(readBlockZones(fakeAgent(''), [-1]), (e: unknown) => e instanceof DomainError && e.code === 'INVALID_ARGUMENT');
+  });
+});
+
+describe('guest-get-memory-blocks racing a block removal', () => {
+  it('recognises the agent error for a block that vanished during the listing, and only that', () => {
+    const vanished = fromQapiError('QGA', 'guest-get-memory-blocks', { class: 'GenericError', desc: 'open("/sys/devices/system/memory/memory39/"): No such file or directory' });
+    assert.equal(isVanishedBlockError(vanished), true);
+    const other = fromQapiError('QGA', 'guest-get-memory-blocks', { class: 'GenericError', desc: 'guest reported zero memory blocks!' });
+    assert.equal(isVanishedBlockError(other), false);
+    assert.equal(isVanishedBlockError(new Error('open("/sys/devices/system/memory/memory39/"): No such file or directory')), false);
   });
 });
 

@@ -10,10 +10,24 @@ import type { GuestMemoryBlockResponse, GuestMemoryBlockResult, QgaChannel } fro
  * write `online_movable` / `online_kernel` ourselves with `guest-exec` of `sh -c` (one exec
  * for all blocks) and read the zone back from `valid_zones`. This needs `guest-exec` enabled
  * in the agent (Debian's qemu-ga allows it unless started with `--block-rpcs`/`-b
- * guest-exec` or an `allow-rpcs` list without it) and a POSIX `sh`, `cat` in the guest's
- * PATH. A disabled guest-exec surfaces as the agent's own error (`QGA_GENERIC_ERROR` /
- * `QGA_COMMAND_NOT_FOUND`, "The command guest-exec has been disabled ...").
+ * guest-exec` or an `allow-rpcs` list without it) and a POSIX `sh`, `cat` and `timeout`
+ * (busybox or coreutils) in the guest's PATH. A disabled guest-exec surfaces as the agent's
+ * own error (`QGA_GENERIC_ERROR` / `QGA_COMMAND_NOT_FOUND`, "The command guest-exec has been
+ * disabled ...").
+ *
+ * Nothing here can hang the guest side forever: every script runs under the guest's own
+ * `timeout -s KILL`, and offlining goes through a script too (each block's write under its own
+ * `timeout`) rather than `guest-set-memory-blocks`. The agent runs its commands one at a
+ * time, and the kernel's offline_pages() retries migration until the writer gets a fatal
+ * signal (pinned pages, for instance): written by the agent itself, such an offline would
+ * stall every later agent command for good. A killed write ends offline_pages() with EINTR
+ * and the block stays online.
  */
+
+/** How long one guest script may run before the guest kills it. */
+export const GUEST_SCRIPT_TIMEOUT_S = 45;
+/** How long the guest may try to offline one block before the write is killed. */
+export const GUEST_OFFLINE_BLOCK_TIMEOUT_S = 20;
 
 /** What is written to a block's `state`: plain (guest policy decides the zone) or zone-exact. */
 export type GuestOnlineType = 'online' | 'online_movable' | 'online_kernel';
@@ -113,6 +127,21 @@ for n in "$@"; do
 done
 `;
 
+// Exit status 137 (128 + SIGKILL; busybox and coreutils alike with -s KILL) or 124: the write was killed.
+const OFFLINE_SCRIPT = `set -f
+secs=$1; shift
+for n in "$@"; do
+  d=/sys/devices/system/memory/memory$n
+  if [ ! -d "$d" ]; then echo "$n|not-found||"; continue; fi
+  if [ "$(cat "$d/state" 2>/dev/null)" = offline ]; then echo "$n|already||"; continue; fi
+  err=$(timeout -s KILL "$secs" sh -c 'echo offline >"$1"' sh "$d/state" 2>&1)
+  rc=$?
+  if [ $rc = 0 ]; then echo "$n|ok||"
+  elif [ $rc = 137 ] || [ $rc = 124 ]; then echo "$n|timeout||"
+  else echo "$n|failed||"$err; fi
+done
+`;
+
 const ZONES_SCRIPT = `set -f
 for n in "$@"; do
   d=/sys/devices/system/memory/memory$n
@@ -140,9 +169,16 @@ export function parseScriptLines(stdout: string): Map<number, ScriptLine> {
   return out;
 }
 
-async function runScript(qga: QgaChannel, what: string, script: string, args: readonly string[]): Promise<Map<number, ScriptLine>> {
-  const r = await qga.exec('sh', ['-c', script, 'sh', ...args], { timeoutMs: 60_000 });
+async function runScript(qga: QgaChannel, what: string, script: string, args: readonly string[], timeoutS = GUEST_SCRIPT_TIMEOUT_S): Promise<Map<number, ScriptLine>> {
+  // The guest kills the script itself, so nothing is left running there; the agent is given
+  // a little longer to report that than the script has.
+  const r = await qga.exec('timeout', ['-s', 'KILL', String(timeoutS), 'sh', '-c', script, 'sh', ...args], { timeoutMs: (timeoutS + 15) * 1000 });
   const stdout = r.stdout.toString('utf8');
+  if (r.signal === 9 || r.exitCode === 137 || r.exitCode === 124) {
+    throw new DomainError('DEADLINE_EXCEEDED', 'GUEST_EXEC_TIMEOUT', `${what}: the guest script did not finish within ${timeoutS} s and was killed`, [], {
+      timeoutS: String(timeoutS),
+    });
+  }
   if (r.exitCode !== 0) {
     throw new DomainError('INTERNAL', 'GUEST_EXEC_FAILED', `${what}: sh in the guest exited ${r.exitCode ?? `by signal ${r.signal}`}: ${r.stderr.toString('utf8').trim()}`, [], {
       exitCode: String(r.exitCode),
@@ -204,6 +240,47 @@ export async function onlineBlocksInZone(
           response,
           ...(errno ? { errorCode: errno.errorCode } : {}),
           message: `write ${type} to memory${physIndex}/state: ${line.b || 'failed'}`,
+        };
+      }
+    }
+  });
+}
+
+/**
+ * Writes `offline` to each block's `state` in one guest-exec, each write bounded by
+ * `GUEST_OFFLINE_BLOCK_TIMEOUT_S`, and reports per block in the order asked (the same
+ * answers `guest-set-memory-blocks` gives): `success` (also for a block already offline),
+ * `not-found`, or `operation-failed` with the errno the kernel gave (EBUSY: unmovable pages)
+ * or, for a write that was killed, a message saying so.
+ */
+export async function offlineBlocks(qga: QgaChannel, physIndexes: readonly number[], blockTimeoutS = GUEST_OFFLINE_BLOCK_TIMEOUT_S): Promise<GuestMemoryBlockResponse[]> {
+  checkBlockIndexes(physIndexes);
+  if (physIndexes.length === 0) return [];
+  const what = 'offline memory blocks';
+  const lines = await runScript(qga, what, OFFLINE_SCRIPT, [String(blockTimeoutS), ...physIndexes.map(String)], physIndexes.length * blockTimeoutS + 15);
+  return physIndexes.map((physIndex): GuestMemoryBlockResponse => {
+    const line = lines.get(physIndex);
+    if (!line) throw missingLine(what, physIndex, lines);
+    switch (line.status) {
+      case 'ok':
+      case 'already':
+        return { physIndex, response: 'success' };
+      case 'not-found':
+        return { physIndex, response: 'not-found', message: `memory${physIndex} does not exist in the guest` };
+      case 'timeout':
+        return {
+          physIndex,
+          response: 'operation-failed',
+          errorCode: 4,
+          message: `memory${physIndex} offline did not finish within ${blockTimeoutS} s (the guest kept trying to migrate its pages) and was stopped (EINTR)`,
+        };
+      default: {
+        const errno = errnoFromMessage(line.b);
+        return {
+          physIndex,
+          response: errno?.errno === 'EOPNOTSUPP' ? 'operation-not-supported' : 'operation-failed',
+          ...(errno ? { errorCode: errno.errorCode } : {}),
+          message: errno ? `memory${physIndex} offline failed with errno ${errno.errorCode} (${errno.errno})` : `memory${physIndex} offline failed: ${line.b || 'no message'}`,
         };
       }
     }

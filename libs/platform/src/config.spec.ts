@@ -13,6 +13,7 @@ describe('worker settings in the typed boot configuration', () => {
       hostNodeBinding: 'auto',
       convergeTimeoutMs: 60_000,
       deviceDelTimeoutMs: 20_000,
+      shrinkStallMs: 10_000,
       bootTimeoutMs: 120_000,
       driftCheckIntervalMs: 30_000,
     });
@@ -39,6 +40,7 @@ describe('worker settings in the typed boot configuration', () => {
       hostNodeBinding: 'bind',
       convergeTimeoutMs: 90_000,
       deviceDelTimeoutMs: 5_000,
+      shrinkStallMs: 10_000,
       bootTimeoutMs: 30_000,
       driftCheckIntervalMs: 0,
     });

@@ -41,6 +41,7 @@ const EnvSchema = z
     MEMPLANE_HOST_NODE_BINDING: z.enum(['auto', 'bind', 'none']).default('auto'),
     MEMPLANE_CONVERGE_TIMEOUT_MS: millis(1_000, 3_600_000).default(60_000),
     MEMPLANE_DEVICE_DEL_TIMEOUT_MS: millis(1_000, 3_600_000).default(20_000),
+    MEMPLANE_SHRINK_STALL_MS: millis(1_000, 3_600_000).default(10_000),
     MEMPLANE_BOOT_TIMEOUT_MS: millis(1_000, 3_600_000).default(120_000),
     MEMPLANE_DRIFT_CHECK_INTERVAL_MS: millis(0, 86_400_000)
       .refine((ms) => ms === 0 || ms >= 1_000, 'must be 0 (no drift checks) or at least 1000')
@@ -94,6 +95,8 @@ export interface WorkerConfig {
   hostNodeBinding: 'auto' | 'bind' | 'none';
   convergeTimeoutMs: number;
   deviceDelTimeoutMs: number;
+  /** How long a virtio-mem shrink may make no progress before it settles on what is plugged (RESIZE_PARTIAL). */
+  shrinkStallMs: number;
   bootTimeoutMs: number;
   /** How often each idle running VM's memory is compared with its desired state; 0 = never. */
   driftCheckIntervalMs: number;
@@ -141,6 +144,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
       hostNodeBinding: e.MEMPLANE_HOST_NODE_BINDING,
       convergeTimeoutMs: e.MEMPLANE_CONVERGE_TIMEOUT_MS,
       deviceDelTimeoutMs: e.MEMPLANE_DEVICE_DEL_TIMEOUT_MS,
+      shrinkStallMs: e.MEMPLANE_SHRINK_STALL_MS,
       bootTimeoutMs: e.MEMPLANE_BOOT_TIMEOUT_MS,
       driftCheckIntervalMs: e.MEMPLANE_DRIFT_CHECK_INTERVAL_MS,
     },

@@ -1,4 +1,4 @@
-import { type GroupObservedState, type Host, type OperationError, type OperationStep, type Pool } from '#domain';
+import { holdingBytes, type GroupObservedState, type Host, type OperationError, type OperationStep, type Pool } from '#domain';
 import {
   Database,
   HostRepository,
@@ -152,7 +152,10 @@ export class EngineStore {
     );
   }
 
-  /** The group left the guest: its extents return to the pool and the group row goes, in one transaction. */
+  /**
+   * The group left the guest (or, for a cancelled plug, never arrived): its extents return
+   * to the pool and the group row goes, in one transaction.
+   */
   async completeUnplug(vm: VmRecord, group: MemoryGroupRecord): Promise<void> {
     await this.db.sqlTransaction(async (sql) => {
       const { groups } = await this.groups.lockVm(sql, vm.name);
@@ -187,6 +190,19 @@ export class EngineStore {
       `update memory_groups set desired_state = 'PRESENT', state = 'PLUGGED', version = version + 1, updated_at = now() where id = $1::uuid`,
       [groupId],
     );
+  }
+
+  /**
+   * A virtio-mem shrink that completed: the capacity it no longer needs goes back to the pool
+   * (a running shrink keeps its extents until the guest has given the memory back).
+   */
+  async releaseShrunk(vm: VmRecord, group: MemoryGroupRecord, requestedBytes: number): Promise<void> {
+    await this.db.sqlTransaction(async (sql) => {
+      const { groups } = await this.groups.lockVm(sql, vm.name);
+      const g = groups.find((x) => x.uid === group.uid);
+      if (!g || g.requestedBytes !== requestedBytes || g.heldBytes <= holdingBytes(requestedBytes, g.poolFacts.granuleBytes)) return;
+      await this.ledger.set(sql, g.poolFacts, { uid: g.uid, label: `${vm.name}/${g.name}`, heldBytes: g.heldBytes }, requestedBytes, 'resize');
+    });
   }
 
   /**

@@ -1,6 +1,7 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import {
+  blocksOf,
   compileTopology,
   DomainError,
   isDomainError,
@@ -17,6 +18,7 @@ import {
   type OperationError,
   type OperationStep,
   type Topology,
+  zoneRequestFor,
 } from '#domain';
 import type { HypervisorDriver } from '#hypervisor';
 import type { MemoryGroupRecord } from '#persistence';
@@ -41,6 +43,12 @@ export interface ExecutorConfig {
   convergeTimeoutMs: number;
   /** How long the guest may take to eject a DIMM after device_del. */
   deviceDelTimeoutMs: number;
+  /**
+   * How long a virtio-mem shrink may make no progress before the engine settles on what the
+   * guest gave back (default 10 s). Linux's virtio_mem driver gives up on memory it cannot
+   * offline (EBUSY) and retries only 50 s later, doubling up to 5 min (domain-spec §5).
+   */
+  shrinkStallMs?: number;
   bootTimeoutMs: number;
   log?: (line: string) => void;
 }
@@ -52,6 +60,19 @@ export class TransientError extends Error {}
 class Cancelled extends Error {}
 
 const TRANSIENT = new Set(['UNAVAILABLE', 'DEADLINE_EXCEEDED']);
+/** The engine's own deadline: it has compensated already, so another attempt would redo an undone change. */
+const TERMINAL_REASONS = new Set(['HOTPLUG_TIMEOUT']);
+
+function isTransient(e: unknown): boolean {
+  return e instanceof TransientError || (isDomainError(e) && TRANSIENT.has(e.code) && !TERMINAL_REASONS.has(e.reason));
+}
+
+/**
+ * QEMU before 8.1 cannot device_del a virtio-mem device at all ("virtio based memory devices
+ * cannot be unplugged."; seen on Debian's 7.2). Unplug support came with the virtio-md-pci
+ * rework (QEMU patch "virtio-mem-pci: Device unplug support", 2023; the release is unverified).
+ */
+const VIRTIO_MEM_UNPLUG_SINCE: readonly [number, number] = [8, 1];
 
 function opError(e: unknown): OperationError {
   if (isDomainError(e)) return { code: e.code, reason: e.reason, message: e.message };
@@ -110,9 +131,9 @@ export class OperationExecutor {
         await this.store.finish(ctx.op.name, 'CANCELLED', { code: 'CANCELLED', reason: 'OPERATION_CANCELLED', message: e.message });
         return 'CANCELLED';
       }
-      if (e instanceof TransientError || (isDomainError(e) && TRANSIENT.has(e.code))) {
+      if (isTransient(e)) {
         await this.store.requeue(ctx.op.name, opError(e));
-        throw e instanceof TransientError ? e : new TransientError(e.message);
+        throw e instanceof TransientError ? e : new TransientError((e as Error).message);
       }
       this.log(`operation ${ctx.op.name} (${ctx.op.kind} ${ctx.vm.name}${ctx.op.memoryGroup ? '/' + ctx.op.memoryGroup : ''}) failed: ${(e as Error).message}`);
       await this.store.finish(ctx.op.name, 'FAILED', opError(e));
@@ -290,12 +311,22 @@ export class OperationExecutor {
     const deadline = Date.now() + this.config.convergeTimeoutMs;
     const offlined: number[] = [];
     let lastWait = '';
+    // A virtio-mem shrink's progress: the plugged size last seen and since when.
+    let shrink: { bytes: number; sinceMs: number } | undefined;
     for (;;) {
       if (await this.store.cancelRequested(ctx.op.name)) {
-        await this.compensate(ctx, g, desired, offlined);
+        await this.compensate(ctx, g, desired, offlined, 'cancelled');
         throw new Cancelled(`cancelled while ${lastWait || 'running'}`);
       }
-      const observed = await this.observe(vmId);
+      let observed: ObservedVmMemory;
+      try {
+        observed = await this.observe(vmId);
+      } catch (e) {
+        // QEMU or the agent answering with an error of their own is as terminal as a failed step.
+        if (isTransient(e)) throw e;
+        await this.compensate(ctx, g, desired, offlined, 'failed');
+        throw e;
+      }
       const step = nextHotplugStep(desired, observed);
       if (step.kind === 'done') {
         await this.finishGroup(ctx, g, desired, step, vmId);
@@ -303,19 +334,43 @@ export class OperationExecutor {
       }
       if (step.kind === 'wait') {
         lastWait = step.reason;
-        if (Date.now() > deadline) return this.timedOut(ctx, g, desired, observed, step.reason, offlined);
+        const device = observed.devices.find((d) => d.id === desired.deviceId);
+        const target = desired.present ? (desired.requestedBytes ?? 0) : 0;
+        if (device?.model === 'virtio-mem-pci' && device.sizeBytes > target) {
+          if (shrink?.bytes !== device.sizeBytes) shrink = { bytes: device.sizeBytes, sinceMs: Date.now() };
+          const stallMs = this.config.shrinkStallMs ?? 10_000;
+          if (Date.now() - shrink.sinceMs > stallMs) {
+            return this.timedOut(ctx, g, desired, observed, `the guest gave nothing back for ${stallMs} ms`, offlined);
+          }
+        } else shrink = undefined;
+        if (Date.now() > deadline) return this.timedOut(ctx, g, desired, observed, `${step.reason} after ${this.config.convergeTimeoutMs} ms`, offlined);
         await new Promise((r) => setTimeout(r, 25));
         continue;
       }
       try {
+        if (!desired.present && desired.kind === 'DYNAMIC') await this.assertVirtioMemUnplug(vmId, g);
         await this.apply(vmId, step, offlined);
       } catch (e) {
-        if (isDomainError(e) && TRANSIENT.has(e.code)) throw e;
-        await this.compensate(ctx, g, desired, offlined);
+        if (isTransient(e)) throw e;
+        await this.compensate(ctx, g, desired, offlined, 'failed');
         throw e;
       }
       await record(stepName(step));
     }
+  }
+
+  /** Before a virtio-mem group is emptied for removal: can this QEMU remove the device afterwards? */
+  private async assertVirtioMemUnplug(vmId: string, g: MemoryGroupRecord): Promise<void> {
+    const v = await this.driver.qmp(vmId).execute<{ qemu: { major: number; minor: number; micro: number } }>('query-version');
+    const [major, minor] = VIRTIO_MEM_UNPLUG_SINCE;
+    if (v.qemu.major > major || (v.qemu.major === major && v.qemu.minor >= minor)) return;
+    const version = `${v.qemu.major}.${v.qemu.minor}.${v.qemu.micro}`;
+    throw DomainError.precondition(
+      'VIRTIO_MEM_UNPLUG_UNSUPPORTED',
+      `QEMU ${version} cannot remove the virtio-mem device of ${g.name} from a running guest (device_del of virtio-mem needs QEMU ${major}.${minor} or later); ` +
+        `the group is left as it was: resize it to 0 to give its capacity back, or delete it while the VM is stopped`,
+      { qemuVersion: version },
+    );
   }
 
   private async apply(vmId: string, step: Exclude<HotplugStep, { kind: 'done' } | { kind: 'wait' }>, offlined: number[]): Promise<void> {
@@ -349,7 +404,7 @@ export class OperationExecutor {
         if (bad.length)
           throw DomainError.precondition(
             'GUEST_OFFLINE_REFUSED',
-            `the guest refused to offline memory block(s) ${bad.map((b) => `${b.physIndex} (${b.message ?? b.response}${b.errorCode ? `, errno ${b.errorCode}` : ''})`).join(', ')}; the group stays plugged`,
+            `the guest refused to offline memory block(s) ${bad.map((b) => `${b.physIndex} (${b.message ?? `${b.response}${b.errorCode ? `, errno ${b.errorCode}` : ''}`})`).join(', ')}; the group stays plugged`,
           );
         return;
       }
@@ -395,6 +450,7 @@ export class OperationExecutor {
     const counts: Record<string, number> = {};
     for (const b of blocks) if (b.online && b.zone) counts[b.zone] = (counts[b.zone] ?? 0) + 1;
     await this.store.setGroupObserved(g.uid, { state: 'PLUGGED', pluggedBytes: step.pluggedBytes, onlineBlocks: step.onlineBlocks.length, zones: counts });
+    if (g.kind === 'DYNAMIC') await this.store.releaseShrunk(ctx.vm, g, desired.requestedBytes ?? 0);
     const wrong = zoneMismatches(g.onlineType, blocks);
     if (wrong.length) {
       throw DomainError.precondition(
@@ -404,7 +460,10 @@ export class OperationExecutor {
     }
   }
 
-  /** Convergence stalled: a virtio-mem shrink the guest could only partly do ends with what it did. */
+  /**
+   * Convergence stalled or timed out. A virtio-mem group the guest could only partly resize
+   * settles on what the guest has, and says so; anything else is compensated.
+   */
   private async timedOut(
     ctx: EngineContext,
     g: MemoryGroupRecord,
@@ -412,43 +471,81 @@ export class OperationExecutor {
     observed: ObservedVmMemory,
     reason: string,
     offlined: number[],
-  ): Promise<void> {
+  ): Promise<never> {
     const device = observed.devices.find((d) => d.id === desired.deviceId);
-    if (g.kind === 'DYNAMIC' && desired.present && device && device.sizeBytes !== (desired.requestedBytes ?? 0)) {
-      // The guest could not plug or unplug everything: settle on what it has, and say so.
-      await this.driver.qomSet(ctx.vm.uid, `/machine/peripheral/${device.id}`, 'requested-size', device.sizeBytes);
-      await this.store.followPlugged(ctx.vm, g, device.sizeBytes);
-      await this.store.setGroupObserved(g.uid, { state: 'PLUGGED', pluggedBytes: device.sizeBytes, onlineBlocks: 0, zones: {} });
+    const target = desired.present ? (desired.requestedBytes ?? 0) : 0;
+    if (g.kind === 'DYNAMIC' && device && device.sizeBytes !== target) {
+      const plugged = await this.settleDynamic(ctx, g, desired);
+      const what = desired.present ? `the ${target} bytes requested` : 'the 0 bytes an unplug needs';
       throw DomainError.precondition(
-        'RESIZE_PARTIAL',
-        `the guest reached ${device.sizeBytes} of the ${desired.requestedBytes} bytes requested for ${ctx.vm.name}/${g.name} within ${this.config.convergeTimeoutMs} ms; the request and the pool's ledger now follow the ${device.sizeBytes} bytes plugged`,
-        { pluggedBytes: String(device.sizeBytes), requestedBytes: String(desired.requestedBytes) },
+        desired.present ? 'RESIZE_PARTIAL' : 'UNPLUG_PARTIAL',
+        `the guest reached ${plugged} of ${what} for ${ctx.vm.name}/${g.name} (${reason}); ` +
+          (desired.present ? '' : 'the group stays, and ') +
+          `the request and the pool's ledger now follow the ${plugged} bytes plugged`,
+        { pluggedBytes: String(plugged), requestedBytes: String(target) },
       );
     }
-    await this.compensate(ctx, g, desired, offlined);
-    throw new DomainError('DEADLINE_EXCEEDED', 'HOTPLUG_TIMEOUT', `${ctx.vm.name}/${g.name} did not converge in ${this.config.convergeTimeoutMs} ms: ${reason}`);
+    await this.compensate(ctx, g, desired, offlined, 'failed');
+    throw new DomainError('DEADLINE_EXCEEDED', 'HOTPLUG_TIMEOUT', `${ctx.vm.name}/${g.name} did not converge: ${reason}`);
   }
 
   /**
-   * Undo what a failed step left half-made. A plug removes its device and backend and gives
-   * the capacity back; an unplug puts offlined blocks back online and the group stays.
+   * A virtio-mem group stays with what the guest has plugged: QEMU stops asking for more or
+   * less, the group's request and its ledger holding follow, and it is PRESENT again.
+   * Returns the plugged bytes.
    */
-  private async compensate(ctx: EngineContext, g: MemoryGroupRecord, desired: DesiredGroupMemory, offlined: number[]): Promise<void> {
+  private async settleDynamic(ctx: EngineContext, g: MemoryGroupRecord, desired: DesiredGroupMemory): Promise<number> {
+    const vmId = ctx.vm.uid;
+    const device = (await this.observe(vmId)).devices.find((d) => d.id === desired.deviceId);
+    if (!device) return 0;
+    if (device.requestedBytes !== device.sizeBytes) await this.driver.qomSet(vmId, `/machine/peripheral/${device.id}`, 'requested-size', device.sizeBytes);
+    if (!desired.present) await this.store.restorePresent(g.uid);
+    await this.store.followPlugged(ctx.vm, g, device.sizeBytes);
+    await this.recordGroupObserved(vmId, g, desired.deviceId);
+    return device.sizeBytes;
+  }
+
+  /** The group's device as the guest has it now: plugged size, online blocks and their zones. */
+  private async recordGroupObserved(vmId: string, g: MemoryGroupRecord, deviceId: string): Promise<void> {
+    const observed = await this.observe(vmId);
+    const device = observed.devices.find((d) => d.id === deviceId);
+    if (!device) return;
+    const online = blocksOf(device, observed).filter((b) => b.online).map((b) => b.index);
+    const zones: Record<string, number> = {};
+    for (const z of await this.driver.guestMemoryBlockZones(vmId, online)) if (z.online && z.zone) zones[z.zone] = (zones[z.zone] ?? 0) + 1;
+    await this.store.setGroupObserved(g.uid, { state: 'PLUGGED', pluggedBytes: device.sizeBytes, onlineBlocks: online.length, zones });
+  }
+
+  /**
+   * Undo what a failed or cancelled step left half-made. A plug removes its device and
+   * backend and gives the capacity back (a cancelled plug also drops the group, as cancelling
+   * a pending one does; a failed one stays FAILED with its reason). An unplug puts offlined
+   * blocks back online in the group's zone (a virtio-mem group settles on what it has
+   * plugged) and the group is PRESENT again.
+   */
+  private async compensate(ctx: EngineContext, g: MemoryGroupRecord, desired: DesiredGroupMemory, offlined: number[], why: 'failed' | 'cancelled'): Promise<void> {
     const vmId = ctx.vm.uid;
     try {
       if (desired.present && ctx.op.kind === 'PLUG') {
         const observed = await this.observe(vmId);
         if (observed.devices.some((d) => d.id === desired.deviceId)) await this.driver.deviceDel(vmId, desired.deviceId, { waitForDeleted: true, deletedTimeoutMs: this.config.deviceDelTimeoutMs }).catch(() => undefined);
         if ((await this.observe(vmId)).backendIds.includes(desired.backendId)) await this.driver.objectDel(vmId, desired.backendId).catch(() => undefined);
-        await this.store.releaseFailedPlug(ctx.vm, g);
+        if (why === 'cancelled') await this.store.completeUnplug(ctx.vm, g);
+        else await this.store.releaseFailedPlug(ctx.vm, g);
         return;
       }
       if (!desired.present) {
-        if (offlined.length) await this.driver.onlineGuestMemoryBlocks(vmId, offlined, desired.onlineType === 'ONLINE_KERNEL' ? 'online_kernel' : desired.onlineType === 'ONLINE_MOVABLE' ? 'online_movable' : 'online');
+        if (g.kind === 'DYNAMIC') {
+          await this.settleDynamic(ctx, g, desired);
+          return;
+        }
+        if (offlined.length) {
+          const back = await this.driver.onlineGuestMemoryBlocks(vmId, offlined, zoneRequestFor(desired.onlineType));
+          const bad = back.filter((r) => r.response !== 'success');
+          if (bad.length) this.log(`compensation for ${ctx.vm.name}/${g.name}: block(s) not back online: ${bad.map((b) => `${b.physIndex} (${b.message ?? b.response})`).join(', ')}`);
+        }
         await this.store.restorePresent(g.uid);
-        const observed = await this.observe(vmId);
-        const device = observed.devices.find((d) => d.id === desired.deviceId);
-        if (device) await this.store.setGroupObserved(g.uid, { state: 'PLUGGED', pluggedBytes: device.sizeBytes, onlineBlocks: observed.blocks.filter((b) => b.online).length, zones: {} });
+        await this.recordGroupObserved(vmId, g, desired.deviceId);
       }
     } catch (e) {
       this.log(`compensation for ${ctx.vm.name}/${g.name} incomplete: ${(e as Error).message}`);
