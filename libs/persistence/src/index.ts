@@ -10,3 +10,4 @@ export * from './ledger.repository';
 export * from './operation.repository';
 export * from './sql';
 export * from './mutation-log.repository';
+export * from './engine.repository';

@@ -36,7 +36,7 @@ export interface MemoryGroupRecord extends StoredMemoryGroup {
   poolFacts: Omit<PoolFacts, 'host'>;
 }
 
-interface GroupRow {
+export interface GroupRow {
   id: string;
   vm_id: string;
   name: string;
@@ -71,7 +71,8 @@ interface GroupRow {
   op_state: string | null;
 }
 
-function toRecord(r: GroupRow): MemoryGroupRecord {
+/** A row as selected by GROUP_SELECT, or the same as JSON (timestamps as strings). */
+export function groupRowToRecord(r: GroupRow): MemoryGroupRecord {
   return {
     uid: r.id,
     vmId: r.vm_id,
@@ -112,7 +113,7 @@ function toRecord(r: GroupRow): MemoryGroupRecord {
   };
 }
 
-const SELECT = `select g.id, g.vm_id, g.name, g.pool_id, p.name as pool, p.host_node_id as pool_host_node_id, p.state::text as pool_state,
+export const GROUP_SELECT = `select g.id, g.vm_id, g.name, g.pool_id, p.name as pool, p.host_node_id as pool_host_node_id, p.state::text as pool_state,
   p.memory_type::text as pool_memory_type, p.cpu_addressable as pool_cpu_addressable, p.dax_device_path as pool_dax_device_path,
   p.capacity_bytes as pool_capacity_bytes, p.granule_bytes as pool_granule_bytes, g.kind::text as kind, g.size_bytes, g.max_size_bytes,
   g.block_size_bytes, g.requested_bytes, g.online_type::text as online_type, g.guest_node_id, g.desired_state::text as desired_state, g.held_bytes,
@@ -146,13 +147,13 @@ export class MemoryGroupRepository {
     const rows = await sql.query<{ r: { vm: VmRow; groups: GroupRow[] } | null }>(`select memplane_lock_vm($1) as r`, [name]);
     const r = rows[0]?.r;
     if (!r) throw DomainError.notFound('vm', name);
-    return { vm: vmRowToRecord(r.vm), groups: r.groups.map(toRecord) };
+    return { vm: vmRowToRecord(r.vm), groups: r.groups.map(groupRowToRecord) };
   }
 
   /** Every group of a VM in creation (plug) order. Call with the VM row locked for a consistent set. */
   async listForVm(sql: Sql, vmId: string): Promise<MemoryGroupRecord[]> {
-    const rows = await sql.query<GroupRow>(`${SELECT} where g.vm_id = $1::uuid order by g.created_at, g.id`, [vmId]);
-    return rows.map(toRecord);
+    const rows = await sql.query<GroupRow>(`${GROUP_SELECT} where g.vm_id = $1::uuid order by g.created_at, g.id`, [vmId]);
+    return rows.map(groupRowToRecord);
   }
 
   async insert(sql: Sql, g: NewGroupRow): Promise<{ uid: string; createTime: Date }> {

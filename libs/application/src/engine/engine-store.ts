@@ -1,34 +1,11 @@
-import { type GroupObservedState, type Host, type OperationError, type OperationStep, type Pool } from '#domain';
-import {
-  Database,
-  HostRepository,
-  MemoryGroupRepository,
-  OperationRepository,
-  PoolRepository,
-  VmRepository,
-  type MemoryGroupRecord,
-  type OperationRecord,
-  type Sql,
-  type VmRecord,
-} from '#persistence';
+import { type GroupObservedState, type OperationError, type OperationStep } from '#domain';
+import { Database, EngineRepository, MemoryGroupRepository, VmRepository, type ClaimedOperation, type MemoryGroupRecord, type Sql, type VmRecord, type VmRuntime } from '#persistence';
 import { PoolLedger } from '../pool-ledger';
 
-/** Where a running VM's QEMU can be found again, by any worker (Postgres is the source of truth). */
-export interface VmRuntime {
-  pid: number;
-  qmpSocketPath: string;
-  qgaSocketPath: string;
-  runtimeDir: string;
-}
+export type { VmRuntime };
 
-export interface EngineContext {
-  op: OperationRecord;
-  vm: VmRecord;
-  runtime?: VmRuntime;
-  host: Host;
-  pools: Pool[];
-  groups: MemoryGroupRecord[];
-}
+/** What one run of an operation starts from: the claimed operation, its VM, groups and host. */
+export type EngineContext = Omit<ClaimedOperation, 'groups' | 'group'> & { groups: MemoryGroupRecord[] };
 
 export interface GroupObservation {
   state: GroupObservedState;
@@ -37,41 +14,38 @@ export interface GroupObservation {
   zones: Record<string, number>;
 }
 
+/** Written together with an operation's end state, in the same statement. */
+export interface FinishRecord {
+  /** The steps as they ended. */
+  steps?: { steps: OperationStep[]; progressPercent: number };
+  group?: { id: string; observation: GroupObservation };
+  /** The VM's memory devices as QEMU last showed them. */
+  devices?: { vmId: string; devices: unknown[] };
+}
+
 /**
  * The worker's reads and writes. Every write is one short statement or transaction: the
  * engine never holds a database lock while it talks to QEMU.
  */
 export class EngineStore {
-  private readonly vms = new VmRepository();
   private readonly groups = new MemoryGroupRepository();
-  private readonly operations = new OperationRepository();
-  private readonly hosts = new HostRepository();
-  private readonly pools = new PoolRepository();
+  private readonly vms = new VmRepository();
+  private readonly engine = new EngineRepository();
   private readonly ledger = new PoolLedger();
 
   constructor(readonly db: Database) {}
 
-  async load(operationId: string): Promise<EngineContext | undefined> {
-    const sql = this.db.sql;
-    const op = await this.operations.find(sql, operationId);
-    if (!op) return undefined;
-    const vm = await this.vms.getById(sql, op.vmId);
-    const groups = await this.groups.listForVm(sql, vm.uid);
-    const host = await this.hosts.get(this.db.prisma, vm.host);
-    const poolNames = [...new Set(groups.map((g) => g.pool))];
-    const pools = await Promise.all(poolNames.map((p) => this.pools.get(this.db.prisma, p)));
-    const runtime = await this.runtime(vm.uid);
-    return { op, vm, host, pools, groups, ...(runtime ? { runtime } : {}) };
+  /**
+   * The VM's oldest unfinished operation, marked RUNNING, with what its run reads (one round
+   * trip). The VM's groups come back unless their desired state still has `knownGroupsKey`.
+   */
+  async claimHead(vmId: string, knownGroupsKey?: string): Promise<ClaimedOperation | undefined> {
+    return this.engine.claimHead(this.db.sql, vmId, knownGroupsKey);
   }
 
-  async runtime(vmId: string): Promise<VmRuntime | undefined> {
-    const rows = await this.db.sql.query<{ qemu_pid: number | null; qmp_socket_path: string | null; qga_socket_path: string | null; runtime_dir: string | null }>(
-      `select qemu_pid, qmp_socket_path, qga_socket_path, runtime_dir from vms where id = $1::uuid`,
-      [vmId],
-    );
-    const r = rows[0];
-    if (!r?.qemu_pid || !r.qmp_socket_path || !r.qga_socket_path || !r.runtime_dir) return undefined;
-    return { pid: r.qemu_pid, qmpSocketPath: r.qmp_socket_path, qgaSocketPath: r.qga_socket_path, runtimeDir: r.runtime_dir };
+  /** Every group of the VM, in plug order. */
+  async groupsOf(vmId: string): Promise<MemoryGroupRecord[]> {
+    return this.groups.listForVm(this.db.sql, vmId);
   }
 
   /** The VM's oldest unfinished operation: the only one that may run now. */
@@ -83,16 +57,9 @@ export class EngineStore {
     return rows[0]?.id;
   }
 
-  async markRunning(op: OperationRecord): Promise<void> {
-    await this.operations.setState(this.db.sql, op.name, 'RUNNING');
-  }
-
-  async recordSteps(operationId: string, steps: OperationStep[], progressPercent: number): Promise<void> {
-    await this.db.sql.query(`update operations set steps = $2::jsonb, progress_percent = $3, updated_at = now() where id = $1::uuid`, [
-      operationId,
-      JSON.stringify(steps),
-      progressPercent,
-    ]);
+  /** Records the steps done so far; true when a cancel was asked for meanwhile. */
+  async recordSteps(operationId: string, steps: OperationStep[], progressPercent: number): Promise<boolean> {
+    return this.engine.recordSteps(this.db.sql, operationId, steps, progressPercent);
   }
 
   async cancelRequested(operationId: string): Promise<boolean> {
@@ -100,21 +67,42 @@ export class EngineStore {
     return rows[0]?.cancel_requested ?? false;
   }
 
-  async finish(operationId: string, state: 'SUCCEEDED' | 'FAILED' | 'CANCELLED', error?: OperationError): Promise<void> {
+  /** The operation's end state, with the group's and the VM's last observation, in one statement. */
+  async finish(operationId: string, state: 'SUCCEEDED' | 'FAILED' | 'CANCELLED', error?: OperationError, extra: FinishRecord = {}): Promise<void> {
+    const g = extra.group;
     await this.db.sql.query(
-      `update operations set state = $2::"OperationState", error = $3::jsonb, ended_at = now(), updated_at = now(),
-         progress_percent = case when $2 = 'SUCCEEDED' then 100 else progress_percent end
+      `with g as (
+         update memory_groups set state = $5::"GroupObservedState", plugged_bytes = $6, online_blocks = $7, online_zones = $8::jsonb, updated_at = now()
+         where id = $4::uuid),
+       v as (
+         update vms set observed_devices = $10::jsonb, observed_at = now() where id = $9::uuid)
+       update operations set state = $2::"OperationState", error = $3::jsonb, ended_at = now(), updated_at = now(),
+         steps = coalesce($11::jsonb, steps),
+         progress_percent = case when $2 = 'SUCCEEDED' then 100 else coalesce($12::int, progress_percent) end
        where id = $1::uuid and state in ('PENDING', 'RUNNING')`,
-      [operationId, state, error ? JSON.stringify(error) : null],
+      [
+        operationId,
+        state,
+        error ? JSON.stringify(error) : null,
+        g?.id ?? null,
+        g?.observation.state ?? 'PENDING',
+        g?.observation.pluggedBytes ?? 0,
+        g?.observation.onlineBlocks ?? 0,
+        JSON.stringify(g?.observation.zones ?? {}),
+        extra.devices?.vmId ?? null,
+        JSON.stringify(extra.devices?.devices ?? []),
+        extra.steps ? JSON.stringify(extra.steps.steps) : null,
+        extra.steps?.progressPercent ?? null,
+      ],
     );
   }
 
   /** Back to PENDING for a retry after a transient failure. */
-  async requeue(operationId: string, error: OperationError): Promise<void> {
-    await this.db.sql.query(`update operations set state = 'PENDING', error = $2::jsonb, updated_at = now() where id = $1::uuid and state = 'RUNNING'`, [
-      operationId,
-      JSON.stringify(error),
-    ]);
+  async requeue(operationId: string, error: OperationError, steps: { steps: OperationStep[]; progressPercent: number }): Promise<void> {
+    await this.db.sql.query(
+      `update operations set state = 'PENDING', error = $2::jsonb, steps = $3::jsonb, progress_percent = $4, updated_at = now() where id = $1::uuid and state = 'RUNNING'`,
+      [operationId, JSON.stringify(error), JSON.stringify(steps.steps), steps.progressPercent],
+    );
   }
 
   async setVmRunning(vmId: string, runtime: VmRuntime): Promise<void> {
@@ -152,15 +140,25 @@ export class EngineStore {
     );
   }
 
-  /** The group left the guest: its extents return to the pool and the group row goes, in one transaction. */
-  async completeUnplug(vm: VmRecord, group: MemoryGroupRecord): Promise<void> {
+  /**
+   * The group left the guest: its extents return to the pool, the group row goes, the VM's
+   * devices are recorded and the operation ends SUCCEEDED, in one transaction.
+   */
+  async completeUnplug(vm: VmRecord, group: MemoryGroupRecord, operationId: string, devices: unknown[], steps: OperationStep[]): Promise<void> {
     await this.db.sqlTransaction(async (sql) => {
       const { groups } = await this.groups.lockVm(sql, vm.name);
       const g = groups.find((x) => x.uid === group.uid);
-      if (!g) return;
-      if (g.heldBytes === 0) return this.groups.delete(sql, g.uid);
-      const step = await this.ledger.plan(sql, g.poolFacts, { uid: g.uid, label: `${vm.name}/${g.name}`, heldBytes: g.heldBytes }, 0, 'release');
-      await step.write(undefined, { deleteGroup: true });
+      if (g && g.heldBytes === 0) await this.groups.delete(sql, g.uid);
+      else if (g) {
+        const step = await this.ledger.plan(sql, g.poolFacts, { uid: g.uid, label: `${vm.name}/${g.name}`, heldBytes: g.heldBytes }, 0, 'release');
+        await step.write(undefined, { deleteGroup: true });
+      }
+      await sql.query(
+        `with v as (update vms set observed_devices = $3::jsonb, observed_at = now() where id = $2::uuid)
+         update operations set state = 'SUCCEEDED', error = null, ended_at = now(), updated_at = now(), progress_percent = 100, steps = $4::jsonb
+         where id = $1::uuid and state in ('PENDING', 'RUNNING')`,
+        [operationId, vm.uid, JSON.stringify(devices), JSON.stringify(steps)],
+      );
     });
   }
 
@@ -211,19 +209,21 @@ export class EngineStore {
     );
   }
 
-  /** Outbox rows not yet handed to the queue. */
-  async pendingOutbox(limit: number): Promise<{ id: string; payload: { operation: string; vm: string } }[]> {
-    const rows = await this.operations.pendingMessages(this.db.sql, limit);
-    return rows.map((r) => ({ id: r.id, payload: r.payload as unknown as { operation: string; vm: string } }));
+  /**
+   * Outbox rows not yet handed to the queue, with the VM of each operation (null when the
+   * operation is gone: nothing to run, the row is only marked).
+   */
+  async pendingOutbox(limit: number): Promise<{ id: string; operationId: string; vmId: string | null }[]> {
+    return this.db.sql.query<{ id: string; operationId: string; vmId: string | null }>(
+      `select b.id::text as id, b.payload->>'operation' as "operationId", o.vm_id as "vmId"
+       from outbox b left join operations o on o.id = (b.payload->>'operation')::uuid
+       where b.dispatched_at is null order by b.id limit $1`,
+      [limit],
+    );
   }
 
   async markDispatched(ids: string[]): Promise<void> {
     if (ids.length) await this.db.sql.query(`update outbox set dispatched_at = now() where id = any($1::bigint[])`, [ids]);
-  }
-
-  async vmIdOf(operationId: string): Promise<string | undefined> {
-    const rows = await this.db.sql.query<{ vm_id: string }>(`select vm_id from operations where id = $1::uuid`, [operationId]);
-    return rows[0]?.vm_id;
   }
 
   sql(): Sql {

@@ -18,9 +18,10 @@ import {
   type OperationStep,
   type Topology,
 } from '#domain';
-import type { HypervisorDriver } from '#hypervisor';
+import type { GuestMemoryBlockResponse, HypervisorDriver, MemoryDevice } from '#hypervisor';
 import type { MemoryGroupRecord } from '#persistence';
-import type { EngineContext, EngineStore } from './engine-store';
+import type { EngineContext, EngineStore, FinishRecord } from './engine-store';
+import { RunObservation } from './run-observation';
 
 export interface GuestBootImage {
   kernel: string;
@@ -42,6 +43,8 @@ export interface ExecutorConfig {
   /** How long the guest may take to eject a DIMM after device_del. */
   deviceDelTimeoutMs: number;
   bootTimeoutMs: number;
+  /** While waiting for QEMU or the guest to move, how often what is awaited is re-read (default 10 ms). */
+  pollIntervalMs?: number;
   log?: (line: string) => void;
 }
 
@@ -52,21 +55,59 @@ export class TransientError extends Error {}
 class Cancelled extends Error {}
 
 const TRANSIENT = new Set(['UNAVAILABLE', 'DEADLINE_EXCEEDED']);
+/** While waiting, Postgres is asked for a cancel at most this often. */
+const CANCEL_CHECK_MS = 100;
 
 function opError(e: unknown): OperationError {
   if (isDomainError(e)) return { code: e.code, reason: e.reason, message: e.message };
   return { code: 'INTERNAL', reason: 'INTERNAL', message: (e as Error)?.message ?? String(e) };
 }
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export type OperationOutcome = 'SUCCEEDED' | 'FAILED' | 'CANCELLED';
+
+/** One execution of one operation: its steps, and what its end writes. */
+interface Run {
+  ctx: EngineContext;
+  /** Records a step done; learns of a cancel asked for meanwhile. */
+  record(step: string): Promise<void>;
+  /** Marks a step done; it is written with the next `flush` (or with the end state). */
+  mark(step: string): void;
+  /** Writes the steps marked since the last write (in the background). */
+  flush(): void;
+  /** A cancel was asked for, as of the last look. */
+  cancelled(): boolean;
+  /** Asks Postgres again (while waiting, when no step is recorded). */
+  checkCancel(): Promise<void>;
+  /** The steps so far. */
+  steps(): OperationStep[];
+  /** Waits for the step records on their way; throws what one of them failed with. */
+  settled(): Promise<void>;
+  /** Written with the end state, in the same statement. */
+  end: FinishRecord;
+  /** The end state is written already (an unplug ends in the transaction that releases its capacity). */
+  ended: boolean;
+}
+
 /**
- * Executes one Operation as a level-triggered reconciler: before every step it re-reads
- * desired state (Postgres) and observed state (QMP query-memory-devices, qom-list, the
- * guest agent's memory blocks), takes the one next idempotent step, records it on the
- * Operation, and repeats until desired == observed. Crash-safe because it never relies on
- * what it did before: a second worker running the same operation after a SIGKILL starts
- * from what QEMU shows.
+ * Executes operations as a level-triggered reconciler. Each run re-reads desired state from
+ * Postgres (one statement that also claims the operation) and observes QEMU (QMP
+ * query-memory-devices, qom-list) and the guest (the agent's memory blocks) when it starts;
+ * then it takes one idempotent step at a time, learning from each step's own answer what
+ * changed, and re-reading QEMU or the guest only where they move on their own (blocks
+ * appearing, virtio-mem converging), until desired == observed. Crash-safe because nothing
+ * outlives a run: a second worker running the same operation after a SIGKILL starts from
+ * what QEMU and the guest show.
  */
 export class OperationExecutor {
+  /** Compiled topologies per VM, keyed by the compiler's whole input. */
+  private readonly topologies = new Map<string, { key: string; topology: Topology }>();
+  /** Each VM's groups as last read, with the digest of their desired state. */
+  private readonly groupSets = new Map<string, { key: string; groups: MemoryGroupRecord[] }>();
+  /** The guest's memory block size per VM and QEMU process (it cannot change while the guest runs). */
+  private readonly blockSizes = new Map<string, { pid: number | undefined; bytes: Promise<number> }>();
+
   constructor(
     private readonly store: EngineStore,
     private readonly driver: HypervisorDriver,
@@ -77,53 +118,161 @@ export class OperationExecutor {
     this.config.log?.(line);
   }
 
-  /** Runs the operation to an end state; throws TransientError to be retried later. */
-  async execute(operationId: string): Promise<'SUCCEEDED' | 'FAILED' | 'CANCELLED' | 'SKIPPED'> {
-    const ctx = await this.store.load(operationId);
-    if (!ctx || !['PENDING', 'RUNNING'].includes(ctx.op.state)) return 'SKIPPED';
-    await this.store.markRunning(ctx.op);
+  private get pollMs(): number {
+    return this.config.pollIntervalMs ?? 10;
+  }
+
+  /**
+   * Runs the VM's oldest unfinished operation to an end state; undefined when the VM has none.
+   * Throws TransientError when it should be retried later (it is PENDING again). The caller
+   * holds the VM's lock.
+   */
+  async executeHead(vmId: string): Promise<{ operationId: string; state: OperationOutcome } | undefined> {
+    const known = this.groupSets.get(vmId);
+    const claimed = await this.store.claimHead(vmId, known?.key);
+    if (!claimed) return undefined;
+    const { groups: fresh, group, ...rest } = claimed;
+    let groups = fresh;
+    if (!groups && known?.key === claimed.groupsKey) {
+      // Every group's desired state is what this worker read before; its own group is fresh.
+      groups = known.groups.map((g) => (group && g.uid === group.uid ? group : g));
+    }
+    groups ??= await this.store.groupsOf(vmId);
+    this.groupSets.delete(vmId);
+    this.groupSets.set(vmId, { key: claimed.groupsKey, groups });
+    if (this.groupSets.size > 1024) this.groupSets.delete(this.groupSets.keys().next().value!);
+    const ctx: EngineContext = { ...rest, groups };
+    return { operationId: ctx.op.name, state: await this.run(ctx) };
+  }
+
+  private async run(ctx: EngineContext): Promise<OperationOutcome> {
     const steps: OperationStep[] = ctx.op.steps.map((s) => ({ ...s }));
-    const record = async (name: string) => {
+    let cancel = ctx.cancelRequested;
+    // Steps are recorded while the next one runs; records made while one is on its way are
+    // folded into the next write, and the end state carries the final list.
+    let writing: Promise<void> | undefined;
+    let again = false;
+    let closing = false;
+    let writeError: unknown;
+    const write = () => {
+      if (closing) return;
+      if (writing) {
+        again = true;
+        return;
+      }
+      writing = (async () => {
+        do {
+          again = false;
+          const snapshot = steps.map((x) => ({ ...x }));
+          if (await this.store.recordSteps(ctx.op.name, snapshot, progressOf(snapshot))) cancel = true;
+        } while (again && !closing);
+      })()
+        .catch((e: unknown) => {
+          writeError ??= e;
+        })
+        .finally(() => {
+          writing = undefined;
+        });
+    };
+    // The end state is written next, with every step: what is not on its way stays unwritten.
+    const settled = async () => {
+      closing = true;
+      while (writing) await writing;
+      if (writeError) throw writeError;
+    };
+    let dirty = false;
+    const mark = (name: string) => {
+      if (writeError) throw writeError;
       const existing = steps.find((s) => s.name === name && s.state === 'PENDING');
       if (existing) existing.state = 'DONE';
       else steps.push({ name, state: 'DONE' });
-      await this.store.recordSteps(ctx.op.name, steps, progressOf(steps));
+      dirty = true;
     };
+    const flush = () => {
+      if (!dirty) return;
+      dirty = false;
+      write();
+    };
+    const run: Run = {
+      ctx,
+      record: async (name: string) => {
+        mark(name);
+        flush();
+      },
+      mark,
+      flush,
+      cancelled: () => cancel,
+      checkCancel: async () => {
+        if (!cancel && (await this.store.cancelRequested(ctx.op.name))) cancel = true;
+      },
+      steps: () => steps.map((x) => ({ ...x })),
+      settled,
+      end: {},
+      ended: false,
+    };
+    const final = () => ({ steps: steps.map((x) => ({ ...x })), progressPercent: progressOf(steps) });
     try {
       switch (ctx.op.kind) {
         case 'START':
-          await this.start(ctx, record);
+          await this.start(run);
           break;
         case 'STOP':
-          await this.stop(ctx, record);
+          await this.stop(run);
           break;
         case 'PLUG':
         case 'RESIZE':
         case 'UNPLUG':
-          await this.group(ctx, record);
+          await this.group(run);
           break;
       }
-      await this.store.finish(ctx.op.name, 'SUCCEEDED');
+      if (!run.ended) {
+        await settled();
+        await this.store.finish(ctx.op.name, 'SUCCEEDED', undefined, { ...run.end, steps: final() });
+      }
       return 'SUCCEEDED';
     } catch (e) {
+      await settled().catch(() => undefined);
       if (e instanceof Cancelled) {
-        await this.store.finish(ctx.op.name, 'CANCELLED', { code: 'CANCELLED', reason: 'OPERATION_CANCELLED', message: e.message });
+        await this.store.finish(ctx.op.name, 'CANCELLED', { code: 'CANCELLED', reason: 'OPERATION_CANCELLED', message: e.message }, { steps: final() });
         return 'CANCELLED';
       }
       if (e instanceof TransientError || (isDomainError(e) && TRANSIENT.has(e.code))) {
-        await this.store.requeue(ctx.op.name, opError(e));
+        await this.store.requeue(ctx.op.name, opError(e), final());
         throw e instanceof TransientError ? e : new TransientError(e.message);
       }
       this.log(`operation ${ctx.op.name} (${ctx.op.kind} ${ctx.vm.name}${ctx.op.memoryGroup ? '/' + ctx.op.memoryGroup : ''}) failed: ${(e as Error).message}`);
-      await this.store.finish(ctx.op.name, 'FAILED', opError(e));
+      await this.store.finish(ctx.op.name, 'FAILED', opError(e), { ...run.end, steps: final() });
       return 'FAILED';
     }
   }
 
   // ---------------------------------------------------------------- VM lifecycle
 
-  private topology(ctx: EngineContext): Topology {
-    return compileTopology(topologyInputFromResources({ host: ctx.host, vm: ctx.vm, pools: ctx.pools, groups: ctx.groups }));
+  /** The VM's topology; compiled again only when something it is compiled from changed. */
+  private topology(ctx: EngineContext, groups: MemoryGroupRecord[] = ctx.groups): Topology {
+    const pools = new Map(groups.map((g) => [g.pool, { name: g.pool, hostNodeId: g.poolFacts.hostNodeId, memoryType: g.poolFacts.memoryType, ...(g.poolFacts.daxDevicePath ? { daxDevicePath: g.poolFacts.daxDevicePath } : {}) }]));
+    const input = topologyInputFromResources({ host: ctx.host, vm: ctx.vm, pools: [...pools.values()], groups });
+    const key = JSON.stringify(input);
+    const hit = this.topologies.get(ctx.vm.uid);
+    if (hit?.key === key) return hit.topology;
+    const topology = compileTopology(input);
+    this.topologies.delete(ctx.vm.uid);
+    this.topologies.set(ctx.vm.uid, { key, topology });
+    if (this.topologies.size > 1024) this.topologies.delete(this.topologies.keys().next().value!);
+    return topology;
+  }
+
+  /** The guest's memory block size, asked once per QEMU process. */
+  private blockSize(vmId: string): Promise<number> {
+    const pid = this.driver.status(vmId).pid;
+    const hit = this.blockSizes.get(vmId);
+    if (hit && hit.pid === pid) return hit.bytes;
+    const entry = { pid, bytes: this.driver.guestMemoryBlockSizeBytes(vmId) };
+    entry.bytes.catch(() => {
+      if (this.blockSizes.get(vmId) === entry) this.blockSizes.delete(vmId);
+    });
+    this.blockSizes.set(vmId, entry);
+    return entry.bytes;
   }
 
   private binding(topology: Topology): 'bind' | 'none' {
@@ -150,9 +299,10 @@ export class OperationExecutor {
     });
   }
 
-  private async start(ctx: EngineContext, record: (step: string) => Promise<void>): Promise<void> {
+  private async start(run: Run): Promise<void> {
+    const { ctx } = run;
     const topology = this.topology(ctx);
-    await record('compile-topology');
+    await run.record('compile-topology');
     const already = ctx.runtime ? await this.attach(ctx).then(() => true, () => false) : false;
     if (!already) {
       const paths = this.paths(ctx.vm.uid);
@@ -178,45 +328,46 @@ export class OperationExecutor {
       await this.store.setVmRunning(ctx.vm.uid, { pid: status.pid!, qmpSocketPath: paths.qmpSocket, qgaSocketPath: paths.qgaSocket, runtimeDir: paths.dir });
       ctx.runtime = { pid: status.pid!, qmpSocketPath: paths.qmpSocket, qgaSocketPath: paths.qgaSocket, runtimeDir: paths.dir };
     }
-    await record('launch-qemu');
-    await record('wait-guest-agent');
+    await run.record('launch-qemu');
+    await run.record('wait-guest-agent');
     await this.store.setVmState(ctx.vm.uid, 'RUNNING');
     // Static groups are plugged now, after boot, so their nodes get their HMAT tier (see topology README).
-    for (const g of ctx.groups.filter((x) => x.desiredState === 'PRESENT')) await this.converge(ctx, topology, g, record);
-    await this.snapshotDevices(ctx);
+    for (const g of ctx.groups.filter((x) => x.desiredState === 'PRESENT')) await this.converge(run, topology, g);
+    const devices = await this.driver.queryMemoryDevices(ctx.vm.uid).catch(() => undefined);
+    if (devices) run.end.devices = { vmId: ctx.vm.uid, devices };
   }
 
-  private async stop(ctx: EngineContext, record: (step: string) => Promise<void>): Promise<void> {
+  private async stop(run: Run): Promise<void> {
+    const { ctx } = run;
     if (ctx.runtime) {
       await this.attach(ctx).catch(() => undefined);
       await this.driver.stop(ctx.vm.uid, { powerdownTimeoutMs: 5_000, quitTimeoutMs: 5_000 });
     }
-    await record('guest-shutdown');
-    await record('wait-qemu-exit');
+    await run.record('guest-shutdown');
+    await run.record('wait-qemu-exit');
     await this.store.setVmStopped(ctx.vm.uid, 'STOPPED');
   }
 
   // ---------------------------------------------------------------- memory groups
 
-  private async group(ctx: EngineContext, record: (step: string) => Promise<void>): Promise<void> {
+  private async group(run: Run): Promise<void> {
+    const { ctx } = run;
     const g = ctx.groups.find((x) => x.uid === ctx.op.groupId);
     if (!g) return; // the group went away (cancelled plug): nothing left to do
     await this.attach(ctx);
-    const topology = this.topology({ ...ctx, groups: ctx.groups.map((x) => (x.uid === g.uid ? { ...x, desiredState: 'PRESENT' } : x)) });
-    await this.converge(ctx, topology, g, record);
-    await this.snapshotDevices(ctx);
+    const topology = this.topology(ctx, ctx.groups.map((x) => (x.uid === g.uid ? { ...x, desiredState: 'PRESENT' } : x)));
+    await this.converge(run, topology, g);
   }
 
   /**
    * A virtio-mem device added to a running q35 guest needs a free hotplug-capable root port
    * declared at launch: the first spare port no present virtio-mem device sits on.
    */
-  private async freeSparePort(vmId: string, topology: Topology, deviceId: string): Promise<string | undefined> {
+  private async freeSparePort(vmId: string, topology: Topology, deviceId: string, devices: readonly MemoryDevice[]): Promise<string | undefined> {
     const spares = topology.pciePorts.filter((p) => p.purpose === 'spare').map((p) => p.id);
     if (spares.length === 0) return undefined;
-    const devices = (await this.driver.queryMemoryDevices(vmId)).filter((d) => d.kind === 'virtio-mem' && d.id);
     const used = new Map<string, string>();
-    for (const d of devices) {
+    for (const d of devices.filter((x) => x.kind === 'virtio-mem' && x.id)) {
       const parent = await this.driver.qomGet<string>(vmId, `/machine/peripheral/${d.id}`, 'parent_bus').catch(() => '');
       const port = /\/machine\/peripheral\/([^/]+)\//.exec(parent)?.[1];
       if (port) used.set(d.id!, port);
@@ -225,11 +376,19 @@ export class OperationExecutor {
     return used.get(deviceId) ?? spares.find((p) => ![...used.values()].includes(p));
   }
 
-  private desired(topology: Topology, g: MemoryGroupRecord, bus?: string): DesiredGroupMemory {
+  /** A virtio-mem group hotplugged on q35 has no port of its own: it takes a spare one, chosen when it is added. */
+  private needsSparePort(topology: Topology, g: MemoryGroupRecord): boolean {
+    const device = topology.memoryDevices.find((d) => d.groupId === g.name);
+    return g.kind === 'DYNAMIC' && !device?.bus && topology.machine.type === 'q35';
+  }
+
+  private desired(topology: Topology, g: MemoryGroupRecord): DesiredGroupMemory {
     const ids = memoryDeviceIds(g.name);
     const device = topology.memoryDevices.find((d) => d.groupId === g.name);
     if (!device) throw new DomainError('INTERNAL', 'TOPOLOGY_INTERNAL', `the topology has no device for group ${g.name}`);
-    const [objectAdd, deviceAdd] = memoryDeviceHotplugCommands(topology, g.name, device.bus ?? bus, this.binding(topology));
+    // The port is chosen at device_add (apply); until then the first spare stands in for it.
+    const placeholder = this.needsSparePort(topology, g) ? topology.pciePorts.find((p) => p.purpose === 'spare')?.id : undefined;
+    const [objectAdd, deviceAdd] = memoryDeviceHotplugCommands(topology, g.name, device.bus ?? placeholder, this.binding(topology));
     return {
       groupId: g.uid,
       kind: g.kind,
@@ -243,93 +402,95 @@ export class OperationExecutor {
     };
   }
 
+  /** A full observation of the VM's memory, for the reconciler. */
   async observe(vmId: string): Promise<ObservedVmMemory> {
-    type Observed = ObservedVmMemory['devices'][number];
-    const [devices, objects, blockSize, blocks] = await Promise.all([
-      this.driver.queryMemoryDevices(vmId),
-      this.driver.qmp(vmId).execute<{ name: string; type: string }[]>('qom-list', { path: '/objects' }),
-      this.driver.guestMemoryBlockSizeBytes(vmId),
-      this.driver.guestMemoryBlocks(vmId),
-    ]);
-    return {
-      devices: devices.flatMap((d): Observed[] => {
-        if (d.kind === 'dimm' && d.id)
-          return [{ id: d.id, model: 'pc-dimm' as const, backendId: d.memdev.split('/').pop()!, addrBytes: d.addressBytes, sizeBytes: d.sizeBytes, node: d.node }];
-        if (d.kind === 'virtio-mem' && d.id)
-          return [
-            {
-              id: d.id,
-              model: 'virtio-mem-pci' as const,
-              backendId: d.memdev.split('/').pop()!,
-              addrBytes: d.addressBytes,
-              sizeBytes: d.sizeBytes,
-              requestedBytes: d.requestedSizeBytes,
-              maxSizeBytes: d.maxSizeBytes,
-              node: d.node,
-            },
-          ];
-        return [];
-      }),
-      backendIds: objects.filter((o) => /memory-backend/.test(o.type)).map((o) => o.name),
-      guestBlockSizeBytes: blockSize,
-      blocks: blocks.map((b) => ({ index: b.physIndex, online: b.online })),
-    };
+    return (await RunObservation.observe(this.driver, vmId, this.blockSize(vmId))).view();
   }
 
-  private async snapshotDevices(ctx: EngineContext): Promise<void> {
-    const devices = await this.driver.queryMemoryDevices(ctx.vm.uid).catch(() => undefined);
-    if (devices) await this.store.recordObservedDevices(ctx.vm.uid, devices);
-  }
-
-  /** Drives one group to its desired state, step by step, re-observing before each. */
-  private async converge(ctx: EngineContext, topology: Topology, g: MemoryGroupRecord, record: (step: string) => Promise<void>): Promise<void> {
+  /**
+   * Drives one group to its desired state. Observes once, then takes one step at a time and
+   * learns from each step's answer; while it waits for QEMU or the guest it re-reads that.
+   */
+  private async converge(run: Run, topology: Topology, g: MemoryGroupRecord): Promise<void> {
+    const { ctx } = run;
     const vmId = ctx.vm.uid;
-    const device = topology.memoryDevices.find((d) => d.groupId === g.name);
-    const bus = g.kind === 'DYNAMIC' && !device?.bus && topology.machine.type === 'q35' ? await this.freeSparePort(vmId, topology, memoryDeviceIds(g.name).virtioMemId) : undefined;
-    const desired = this.desired(topology, g, bus);
+    const desired = this.desired(topology, g);
     const deadline = Date.now() + this.config.convergeTimeoutMs;
     const offlined: number[] = [];
     let lastWait = '';
+    let cancelCheckAt = Date.now() + CANCEL_CHECK_MS;
+    const seen = await RunObservation.observe(this.driver, vmId, this.blockSize(vmId));
     for (;;) {
-      if (await this.store.cancelRequested(ctx.op.name)) {
-        await this.compensate(ctx, g, desired, offlined);
+      if (run.cancelled()) {
+        await this.compensate(run, g, desired, offlined);
         throw new Cancelled(`cancelled while ${lastWait || 'running'}`);
       }
-      const observed = await this.observe(vmId);
-      const step = nextHotplugStep(desired, observed);
+      const step = nextHotplugStep(desired, seen.view());
       if (step.kind === 'done') {
-        await this.finishGroup(ctx, g, desired, step, vmId);
+        await this.finishGroup(run, g, desired, step, seen);
         return;
       }
+      // The last step needs no write of its own: the end state carries it.
+      run.flush();
       if (step.kind === 'wait') {
         lastWait = step.reason;
-        if (Date.now() > deadline) return this.timedOut(ctx, g, desired, observed, step.reason, offlined);
-        await new Promise((r) => setTimeout(r, 25));
+        if (Date.now() > deadline) return this.timedOut(run, g, desired, seen.view(), step.reason, offlined);
+        await sleep(this.pollMs);
+        if (Date.now() >= cancelCheckAt) {
+          cancelCheckAt = Date.now() + CANCEL_CHECK_MS;
+          await run.checkCancel();
+        }
+        await seen.refresh(step.on);
         continue;
       }
+      let responses: GuestMemoryBlockResponse[] | undefined;
       try {
-        await this.apply(vmId, step, offlined);
+        responses = await this.apply(vmId, topology, g, step, offlined, seen);
       } catch (e) {
         if (isDomainError(e) && TRANSIENT.has(e.code)) throw e;
-        await this.compensate(ctx, g, desired, offlined);
+        await this.compensate(run, g, desired, offlined);
         throw e;
       }
-      await record(stepName(step));
+      const reread = seen.applied(step, responses);
+      run.mark(stepName(step));
+      if (reread.rereadDevices) await seen.refreshDevices();
+      else if (reread.rereadBlocks) await seen.refreshBlocks();
     }
   }
 
-  private async apply(vmId: string, step: Exclude<HotplugStep, { kind: 'done' } | { kind: 'wait' }>, offlined: number[]): Promise<void> {
+  /** Takes one step; for a step on guest memory blocks, the guest's per-block answers. */
+  private async apply(
+    vmId: string,
+    topology: Topology,
+    g: MemoryGroupRecord,
+    step: Exclude<HotplugStep, { kind: 'done' } | { kind: 'wait' }>,
+    offlined: number[],
+    seen: RunObservation,
+  ): Promise<GuestMemoryBlockResponse[] | undefined> {
     switch (step.kind) {
       case 'object-add': {
         const { 'qom-type': type, id, ...props } = step.command.arguments as { 'qom-type': string; id: string };
-        return this.driver.objectAdd(vmId, type, id, props);
+        await this.driver.objectAdd(vmId, type, id, props);
+        return undefined;
       }
       case 'device-add': {
-        const { driver, id, ...props } = step.command.arguments as { driver: string; id: string };
-        return this.driver.deviceAdd(vmId, driver, id, props);
+        const { driver, id, ...props } = step.command.arguments as { driver: string; id: string; bus?: string };
+        if (this.needsSparePort(topology, g)) {
+          const bus = await this.freeSparePort(vmId, topology, id, seen.devices);
+          if (!bus)
+            throw DomainError.precondition(
+              'HOTPLUG_PORT_REQUIRED',
+              `virtio-mem group ${g.name} on q35 needs a spare pcie-root-port as bus ("Bus 'pcie.0' does not support hotplugging"); every spare port is taken`,
+              { groupId: g.name },
+            );
+          props.bus = bus;
+        }
+        await this.driver.deviceAdd(vmId, driver, id, props);
+        return undefined;
       }
       case 'set-requested-size':
-        return this.driver.qomSet(vmId, `/machine/peripheral/${step.deviceId}`, 'requested-size', step.bytes);
+        await this.driver.qomSet(vmId, `/machine/peripheral/${step.deviceId}`, 'requested-size', step.bytes);
+        return undefined;
       case 'online-blocks': {
         const res = await this.driver.onlineGuestMemoryBlocks(vmId, step.indexes, step.zone);
         // A block that vanished meanwhile (ENODEV, or not-found) was being removed by the
@@ -340,7 +501,7 @@ export class OperationExecutor {
             'GUEST_ONLINE_FAILED',
             `the guest could not online memory block(s) ${bad.map((b) => `${b.physIndex} (${b.message ?? b.response})`).join(', ')} as ${step.zone}`,
           );
-        return;
+        return res;
       }
       case 'offline-blocks': {
         const res = await this.driver.offlineGuestMemoryBlocks(vmId, step.indexes);
@@ -351,7 +512,7 @@ export class OperationExecutor {
             'GUEST_OFFLINE_REFUSED',
             `the guest refused to offline memory block(s) ${bad.map((b) => `${b.physIndex} (${b.message ?? b.response}${b.errorCode ? `, errno ${b.errorCode}` : ''})`).join(', ')}; the group stays plugged`,
           );
-        return;
+        return res;
       }
       case 'device-del': {
         const cursor = this.driver.eventCursor(vmId);
@@ -372,29 +533,49 @@ export class OperationExecutor {
             () => undefined,
           );
         const first = await Promise.race([deleted.then(() => 'deleted' as const), refused.then((e) => (e ? e : 'no-ost'))]);
-        if (first === 'deleted') return;
+        if (first === 'deleted') return undefined;
         if (first !== 'no-ost') {
           const status = (first.data as { info: { status: number } }).info.status;
           throw DomainError.precondition('GUEST_EJECT_REFUSED', `the guest refused to eject ${step.deviceId} (ACPI _OST status 0x${status.toString(16)})`);
         }
         await deleted;
-        return;
+        return undefined;
       }
       case 'object-del':
-        return this.driver.objectDel(vmId, step.backendId);
+        await this.driver.objectDel(vmId, step.backendId);
+        return undefined;
     }
   }
 
-  private async finishGroup(ctx: EngineContext, g: MemoryGroupRecord, desired: DesiredGroupMemory, step: Extract<HotplugStep, { kind: 'done' }>, vmId: string): Promise<void> {
+  /**
+   * The group converged. An unplug ends with its capacity released; a plug or resize records
+   * the group's plugged size, online blocks and their zones with the operation's end. Zones
+   * the guest reported when this run onlined a block are known; the rest are read.
+   */
+  private async finishGroup(run: Run, g: MemoryGroupRecord, desired: DesiredGroupMemory, step: Extract<HotplugStep, { kind: 'done' }>, seen: RunObservation): Promise<void> {
+    const { ctx } = run;
+    const vmId = ctx.vm.uid;
     if (!desired.present) {
-      await this.store.completeUnplug(ctx.vm, g);
+      await run.settled();
+      await this.store.completeUnplug(ctx.vm, g, ctx.op.name, seen.devices, run.steps());
+      run.ended = true;
       return;
     }
-    const zones = await this.driver.guestMemoryBlockZones(vmId, step.onlineBlocks);
-    const blocks = zones.map((z) => ({ index: z.physIndex, online: z.online, ...(z.zone ? { zone: z.zone } : {}) }));
+    const unknown = step.onlineBlocks.filter((i) => !seen.blocks.get(i)?.zone);
+    const read = new Map((unknown.length ? await this.driver.guestMemoryBlockZones(vmId, unknown) : []).map((z) => [z.physIndex, z]));
+    const blocks = step.onlineBlocks.map((index) => {
+      const z = read.get(index);
+      if (z) return { index, online: z.online, ...(z.zone ? { zone: z.zone } : {}) };
+      return { index, online: true, zone: seen.blocks.get(index)!.zone! };
+    });
     const counts: Record<string, number> = {};
     for (const b of blocks) if (b.online && b.zone) counts[b.zone] = (counts[b.zone] ?? 0) + 1;
-    await this.store.setGroupObserved(g.uid, { state: 'PLUGGED', pluggedBytes: step.pluggedBytes, onlineBlocks: step.onlineBlocks.length, zones: counts });
+    const observation = { state: 'PLUGGED' as const, pluggedBytes: step.pluggedBytes, onlineBlocks: step.onlineBlocks.length, zones: counts };
+    if (ctx.op.kind === 'START') await this.store.setGroupObserved(g.uid, observation);
+    else {
+      run.end.group = { id: g.uid, observation };
+      run.end.devices = { vmId, devices: seen.devices };
+    }
     const wrong = zoneMismatches(g.onlineType, blocks);
     if (wrong.length) {
       throw DomainError.precondition(
@@ -406,13 +587,14 @@ export class OperationExecutor {
 
   /** Convergence stalled: a virtio-mem shrink the guest could only partly do ends with what it did. */
   private async timedOut(
-    ctx: EngineContext,
+    run: Run,
     g: MemoryGroupRecord,
     desired: DesiredGroupMemory,
     observed: ObservedVmMemory,
     reason: string,
     offlined: number[],
   ): Promise<void> {
+    const { ctx } = run;
     const device = observed.devices.find((d) => d.id === desired.deviceId);
     if (g.kind === 'DYNAMIC' && desired.present && device && device.sizeBytes !== (desired.requestedBytes ?? 0)) {
       // The guest could not plug or unplug everything: settle on what it has, and say so.
@@ -425,15 +607,17 @@ export class OperationExecutor {
         { pluggedBytes: String(device.sizeBytes), requestedBytes: String(desired.requestedBytes) },
       );
     }
-    await this.compensate(ctx, g, desired, offlined);
+    await this.compensate(run, g, desired, offlined);
     throw new DomainError('DEADLINE_EXCEEDED', 'HOTPLUG_TIMEOUT', `${ctx.vm.name}/${g.name} did not converge in ${this.config.convergeTimeoutMs} ms: ${reason}`);
   }
 
   /**
    * Undo what a failed step left half-made. A plug removes its device and backend and gives
    * the capacity back; an unplug puts offlined blocks back online and the group stays.
+   * Observes afresh: a failure is no time to trust what the run believed.
    */
-  private async compensate(ctx: EngineContext, g: MemoryGroupRecord, desired: DesiredGroupMemory, offlined: number[]): Promise<void> {
+  private async compensate(run: Run, g: MemoryGroupRecord, desired: DesiredGroupMemory, offlined: number[]): Promise<void> {
+    const { ctx } = run;
     const vmId = ctx.vm.uid;
     try {
       if (desired.present && ctx.op.kind === 'PLUG') {
