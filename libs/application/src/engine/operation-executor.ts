@@ -425,7 +425,13 @@ export class OperationExecutor {
         await this.compensate(run, g, desired, offlined);
         throw new Cancelled(`cancelled while ${lastWait || 'running'}`);
       }
-      const step = nextHotplugStep(desired, seen.view());
+      let step = nextHotplugStep(desired, seen.view());
+      // Waiting for QEMU (virtio-mem converging) needs no guest blocks; any other decision
+      // does, and takes them fresh when QEMU showed a change.
+      if (seen.blocksStale && !(step.kind === 'wait' && step.on === 'qemu')) {
+        await seen.refreshBlocks();
+        step = nextHotplugStep(desired, seen.view());
+      }
       if (step.kind === 'done') {
         await this.finishGroup(run, g, desired, step, seen);
         return;
@@ -445,7 +451,7 @@ export class OperationExecutor {
       }
       let responses: GuestMemoryBlockResponse[] | undefined;
       try {
-        responses = await this.apply(vmId, topology, g, step, offlined, seen);
+        responses = await this.apply(vmId, topology, g, desired, step, offlined, seen);
       } catch (e) {
         if (isDomainError(e) && TRANSIENT.has(e.code)) throw e;
         await this.compensate(run, g, desired, offlined);
@@ -454,7 +460,7 @@ export class OperationExecutor {
       const reread = seen.applied(step, responses);
       run.mark(stepName(step));
       if (reread.rereadDevices) await seen.refreshDevices();
-      else if (reread.rereadBlocks) await seen.refreshBlocks();
+      if (reread.rereadBlocks) seen.blocksStale = true;
     }
   }
 
@@ -463,6 +469,7 @@ export class OperationExecutor {
     vmId: string,
     topology: Topology,
     g: MemoryGroupRecord,
+    desired: DesiredGroupMemory,
     step: Exclude<HotplugStep, { kind: 'done' } | { kind: 'wait' }>,
     offlined: number[],
     seen: RunObservation,
@@ -492,7 +499,13 @@ export class OperationExecutor {
         await this.driver.qomSet(vmId, `/machine/peripheral/${step.deviceId}`, 'requested-size', step.bytes);
         return undefined;
       case 'online-blocks': {
-        const res = await this.driver.onlineGuestMemoryBlocks(vmId, step.indexes, step.zone);
+        // The device's blocks already online whose zone this run has not seen go along: a
+        // zone-exact online leaves an online block as it is and reports its zone, so the end
+        // of the run needs no second trip into the guest to read it.
+        const unknownZones =
+          step.zone === 'online' ? [] : seen.blocksOfDevice(desired.deviceId).filter((b) => b.online && !b.zone && !step.indexes.includes(b.index)).map((b) => b.index);
+        const all = await this.driver.onlineGuestMemoryBlocks(vmId, [...step.indexes, ...unknownZones], step.zone);
+        const res = all.slice(0, step.indexes.length);
         // A block that vanished meanwhile (ENODEV, or not-found) was being removed by the
         // guest: the next observation tells what is left to do.
         const bad = res.filter((r) => r.response !== 'success' && r.response !== 'not-found' && r.errorCode !== 19 && !/No such device/.test(r.message ?? ''));
@@ -501,7 +514,7 @@ export class OperationExecutor {
             'GUEST_ONLINE_FAILED',
             `the guest could not online memory block(s) ${bad.map((b) => `${b.physIndex} (${b.message ?? b.response})`).join(', ')} as ${step.zone}`,
           );
-        return res;
+        return all;
       }
       case 'offline-blocks': {
         const res = await this.driver.offlineGuestMemoryBlocks(vmId, step.indexes);

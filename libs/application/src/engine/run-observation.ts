@@ -65,17 +65,21 @@ export class RunObservation {
   }
 
   /**
-   * Re-reads QEMU's memory devices. When a device's plugged size or place changed, the
-   * guest's blocks changed with it: they are re-read too.
+   * The guest's blocks may have changed since they were read: a device's plugged size or
+   * place changed. They are read again before any decision that depends on them.
    */
+  blocksStale = false;
+
+  /** Re-reads QEMU's memory devices; a change in a device's plugged size or place makes the blocks stale. */
   async refreshDevices(): Promise<void> {
     const before = fingerprint(this.devices);
     this.devices = await this.driver.queryMemoryDevices(this.vmId);
-    if (fingerprint(this.devices) !== before) await this.refreshBlocks();
+    if (fingerprint(this.devices) !== before) this.blocksStale = true;
   }
 
   /** Re-reads the guest's memory blocks; a zone learnt in this run stays with a block that stayed online. */
   async refreshBlocks(): Promise<void> {
+    this.blocksStale = false;
     const blocks = await this.driver.guestMemoryBlocks(this.vmId);
     const known = new Map(this.blocks);
     this.blocks.clear();
@@ -126,6 +130,8 @@ export class RunObservation {
             b.online = step.kind === 'online-blocks';
             if (b.online && r.zone) b.zone = r.zone;
             else delete b.zone;
+          } else if (b?.online && step.kind === 'online-blocks' && r.zone) {
+            b.zone = r.zone; // already online in another zone than asked: it stays, the zone is known
           } else gone = true; // a failure: what the block is now is for the guest to say
         }
         return { rereadDevices: false, rereadBlocks: gone };
