@@ -1,8 +1,8 @@
-import { Client } from 'pg';
 import type { EngineStore } from '#application';
+import type { PgNotifications } from '#persistence';
 
 export interface OutboxDispatcherOptions {
-  databaseUrl: string;
+  notifications: PgNotifications;
   store: EngineStore;
   /**
    * Hands a VM's newly recorded operations to the queue: one wake-up per VM per batch, with
@@ -24,17 +24,17 @@ const BATCH = 500;
  * one more pass.
  */
 export class OutboxDispatcher {
-  private listener: Client | undefined;
   private timer: NodeJS.Timeout | undefined;
-  private reconnect: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private again = false;
   private stopped = false;
+  private unsubscribe: (() => void) | undefined;
 
   constructor(private readonly opts: OutboxDispatcherOptions) {}
 
   start(): void {
-    void this.listen();
+    // Each (re)start of listening is followed by a pass: rows recorded while nobody listened.
+    this.unsubscribe = this.opts.notifications.subscribe('memplane_outbox', () => this.kick(), () => this.kick());
     this.kick();
   }
 
@@ -75,51 +75,10 @@ export class OutboxDispatcher {
     return rows.length;
   }
 
-  private async listen(): Promise<void> {
-    if (this.stopped) return;
-    const client = new Client({ connectionString: this.opts.databaseUrl });
-    const retry = () => {
-      if (this.listener === client) this.listener = undefined;
-      client.removeAllListeners('notification');
-      void client.end().catch(() => undefined);
-      if (!this.stopped && !this.reconnect) {
-        this.reconnect = setTimeout(() => {
-          this.reconnect = undefined;
-          void this.listen();
-        }, 1_000);
-      }
-    };
-    client.on('error', retry);
-    client.on('end', retry);
-    client.on('notification', () => this.kick());
-    try {
-      await client.connect();
-      await client.query('listen memplane_outbox');
-      if (this.stopped) {
-        await client.end().catch(() => undefined);
-        return;
-      }
-      this.listener = client;
-      // Rows recorded while nobody listened.
-      this.kick();
-    } catch (e) {
-      this.opts.log(`outbox dispatcher: cannot listen (${(e as Error).message}); reading the outbox every ${this.opts.intervalMs} ms`);
-      retry();
-    }
-  }
-
   async stop(): Promise<void> {
     this.stopped = true;
+    this.unsubscribe?.();
     if (this.timer) clearTimeout(this.timer);
-    if (this.reconnect) clearTimeout(this.reconnect);
-    const l = this.listener;
-    this.listener = undefined;
-    if (l) {
-      l.removeAllListeners('end');
-      l.removeAllListeners('error');
-      l.on('error', () => undefined);
-      await l.end().catch(() => undefined);
-    }
     await this.running?.catch(() => undefined);
   }
 }

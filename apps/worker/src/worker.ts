@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { Queue, Worker, type Job } from 'bullmq';
 import { EngineStore, OperationExecutor, type ExecutorConfig } from '#application';
 import { LocalHypervisorDriver, type HypervisorDriver } from '#hypervisor';
-import { Database } from '#persistence';
+import { Database, PgNotifications } from '#persistence';
 import { projectRoot } from '#platform';
 import { startIntake } from './intake';
 import { OutboxDispatcher } from './outbox-dispatcher';
@@ -144,8 +144,9 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   const enqueue = (operationId: string, vmId: string) => queue.add(EXECUTE_OPERATION, { operationId, vmId }, { ...enqueueOptions, jobId: operationJobId(operationId) });
 
   // Outbox → queue. Deterministic job ids make a re-send harmless.
+  const notifications = new PgNotifications(opts.databaseUrl);
   const dispatcher = new OutboxDispatcher({
-    databaseUrl: opts.databaseUrl,
+    notifications,
     store,
     intervalMs: opts.dispatchIntervalMs ?? 1_000,
     log,
@@ -186,6 +187,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       stopping = true;
       for (const t of timers) clearTimeout(t);
       await dispatcher.stop();
+      await notifications.close();
       await worker?.close();
       await locks.close();
       await intake?.close();

@@ -11,3 +11,4 @@ export * from './operation.repository';
 export * from './sql';
 export * from './mutation-log.repository';
 export * from './engine.repository';
+export * from './notifications';
