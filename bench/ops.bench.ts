@@ -3,17 +3,21 @@
  *
  *   npm run bench:ops                          (after a build)
  *   node dist/bench/ops.bench.js [--iterations 10] [--queue-ops 500] [--queue-vms 10] [--concurrency 4] [--skip-guest] [--skip-queue]
+ *                                [--observe events|poll] [--trace]
  *
- * 1. Queue machinery alone: the API, Postgres, the outbox, BullMQ and the real executor, with
- *    the hypervisor replaced by an in-process recording driver (bench/recording-driver.ts, no
- *    QEMU): many PLUG operations created through the REST API in parallel, over several VMs,
- *    measured end to end (first request → last operation SUCCEEDED) in operations/s.
+ * 1. Queue machinery alone: Postgres, the outbox, BullMQ and the real executor, with the
+ *    hypervisor replaced by an in-process recording driver (bench/recording-driver.ts, no
+ *    QEMU): PLUG operations over several VMs are recorded through the REST API while no worker
+ *    runs, then a worker starts; operations/s from its start to the last SUCCEEDED. Then the
+ *    same number again with REST clients creating while the worker runs (first request →
+ *    last SUCCEEDED), which the API's own creation rate bounds.
  * 2. On a real guest (QEMU + Debian linux-6.12 guest): plug a 256 MiB STATIC group, shrink and
  *    grow a DYNAMIC (virtio-mem) group 512 MiB ↔ 128 MiB, unplug the static group — through the
- *    REST API (request → operation observed SUCCEEDED, polled every 10 ms), beside a bare
- *    script issuing the same QMP/QGA steps straight through the worker's hypervisor driver
- *    (no API, no database, no queue), polling the guest every 10 ms.
- *
+ *    REST API (request → operation observed SUCCEEDED through its server-sent events, or with
+ *    --observe poll by GETting it every 10 ms), beside a bare script issuing the same QMP/QGA
+ *    steps straight through the worker's hypervisor driver (no API, no database, no queue),
+ *    polling the guest every 10 ms. Who goes first alternates every iteration.
+
  * It starts its own embedded Postgres and redis-server under .cache/bench-ops-<pid>, the API
  * and the worker in this process. Targets (issue): the control plane adds at most 10 %, or at
  * most 60 ms at p99; the queue machinery runs ≥ 1,000 operations/s.
@@ -44,6 +48,13 @@ const QUEUE_VMS = opt('queue-vms', 10);
 const CONCURRENCY = opt('concurrency', 4);
 const SKIP_GUEST = args.includes('--skip-guest');
 const SKIP_QUEUE = args.includes('--skip-queue');
+/**
+ * How the REST client learns that an operation ended: `events` (default) follows the
+ * operation's server-sent events (GET /v1/operations/{id}/events, woken by Postgres
+ * NOTIFY on state changes); `poll` GETs the operation every POLL_MS.
+ */
+const OBSERVE = args.includes('--observe') ? args[args.indexOf('--observe') + 1] : 'events';
+if (OBSERVE !== 'events' && OBSERVE !== 'poll') throw new Error(`--observe events|poll, not ${OBSERVE}`);
 /** Print every driver call (offset from the request, duration) of each operation of the last iteration. */
 const TRACE = args.includes('--trace');
 const POLL_MS = 10;
@@ -91,6 +102,41 @@ async function waitOperation(name: string, timeoutMs = 180_000): Promise<any> {
     if (['FAILED', 'CANCELLED'].includes(r.state)) throw new Error(`operation ${name} ${r.state}: ${JSON.stringify(r.error ?? r)}`);
     if (Date.now() > deadline) throw new Error(`operation ${name} still ${r.state} after ${timeoutMs} ms`);
     await sleep(POLL_MS);
+  }
+}
+
+/** Follows the operation's server-sent events until it ends; resolves with it once SUCCEEDED. */
+async function followOperation(name: string, timeoutMs = 180_000): Promise<any> {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), timeoutMs);
+  try {
+    const res = await fetch(`${apiUrl}/v1/operations/${name}/events`, { headers: { authorization: `Bearer ${adminKey}`, accept: 'text/event-stream' }, signal: abort.signal });
+    if (res.status !== 200) throw new Error(`GET /v1/operations/${name}/events: ${res.status} ${await res.text()}`);
+    const decoder = new TextDecoder();
+    let buffer = '';
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buffer += decoder.decode(chunk, { stream: true });
+      let i: number;
+      while ((i = buffer.indexOf('\n\n')) >= 0) {
+        const block = buffer.slice(0, i);
+        buffer = buffer.slice(i + 2);
+        let event = 'message';
+        let data = '';
+        for (const line of block.split('\n')) {
+          if (line.startsWith('event: ')) event = line.slice(7);
+          else if (line.startsWith('data: ')) data += line.slice(6);
+        }
+        if (event === 'error') throw new Error(`operation ${name}: ${data}`);
+        if (event !== 'message') continue;
+        const op = JSON.parse(data);
+        if (op.state === 'SUCCEEDED') return op;
+        if (['FAILED', 'CANCELLED'].includes(op.state)) throw new Error(`operation ${name} ${op.state}: ${JSON.stringify(op.error ?? op)}`);
+      }
+    }
+    throw new Error(`the event stream of operation ${name} ended before it did`);
+  } finally {
+    clearTimeout(timer);
+    abort.abort();
   }
 }
 
@@ -374,7 +420,8 @@ async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: str
     const timeCp = async (req: () => Promise<any>) => {
       const t = performance.now();
       const body = await req();
-      await waitOperation(body.operation ?? body.name, 120_000);
+      const name = body.operation ?? body.name;
+      await (OBSERVE === 'events' ? followOperation(name, 120_000) : waitOperation(name, 120_000));
       const t1 = performance.now();
       note(`control plane ${label}`, t, t1);
       return t1 - t;
@@ -401,15 +448,27 @@ async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: str
         cp.plug.push(await plugCp());
       }
       // Resize: both sides shrink 512 → 128 and grow back to 512 on the same virtio-mem device,
-      // so the API's record (512 MiB) matches QEMU again after each pair.
-      label = 'shrink';
-      cp.shrink.push(await timeCp(() => must('POST', '/v1/vms/vm-bench/memory-groups/vmem:resize', 200, { requestedBytes: 128 * MiB })));
-      label = 'grow';
-      cp.grow.push(await timeCp(() => must('POST', '/v1/vms/vm-bench/memory-groups/vmem:resize', 200, { requestedBytes: 512 * MiB })));
-      label = 'shrink';
-      bare.shrink.push(await timeBare(() => bareResize(driver, vmId, 'vmem-vmem', 128 * MiB, bs)));
-      label = 'grow';
-      bare.grow.push(await timeBare(() => bareResize(driver, vmId, 'vmem-vmem', 512 * MiB, bs)));
+      // so the API's record (512 MiB) matches QEMU again after each pair. Who goes first
+      // alternates too: a shrink right after a plug met a busier guest than one after a grow.
+      const resizeCp = async () => {
+        label = 'shrink';
+        cp.shrink.push(await timeCp(() => must('POST', '/v1/vms/vm-bench/memory-groups/vmem:resize', 200, { requestedBytes: 128 * MiB })));
+        label = 'grow';
+        cp.grow.push(await timeCp(() => must('POST', '/v1/vms/vm-bench/memory-groups/vmem:resize', 200, { requestedBytes: 512 * MiB })));
+      };
+      const resizeBare = async () => {
+        label = 'shrink';
+        bare.shrink.push(await timeBare(() => bareResize(driver, vmId, 'vmem-vmem', 128 * MiB, bs)));
+        label = 'grow';
+        bare.grow.push(await timeBare(() => bareResize(driver, vmId, 'vmem-vmem', 512 * MiB, bs)));
+      };
+      if (cpFirst) {
+        await resizeCp();
+        await resizeBare();
+      } else {
+        await resizeBare();
+        await resizeCp();
+      }
       label = 'unplug';
       const unplugCp = () => timeCp(() => must('DELETE', `/v1/vms/vm-bench/memory-groups/p${i}`, 202));
       const unplugBare = () => timeBare(() => bareUnplug(driver, vmId, `bare${i}`, bs));
@@ -423,7 +482,9 @@ async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: str
       process.stderr.write(`  iteration ${i + 1}/${ITERATIONS} done\n`);
     }
 
-    out.push(`  ${ITERATIONS} iterations; times in ms from request to observed SUCCEEDED (control plane, polled every ${POLL_MS} ms) / to the last QMP/QGA step done (bare)`);
+    out.push(
+      `  ${ITERATIONS} iterations; times in ms from request to observed SUCCEEDED (control plane, ${OBSERVE === 'events' ? "through the operation's server-sent events" : `GET polled every ${POLL_MS} ms`}) / to the last QMP/QGA step done (bare)`,
+    );
     out.push(`  (with ${ITERATIONS} samples p99 is the slowest sample)`);
     out.push('');
     out.push('  step          | control plane p50 / p99 / mean     | bare QMP/QGA p50 / p99 / mean      | ratio p50  ratio p99 | added p99 ms | target (≤10% or ≤60 ms p99)');
@@ -443,6 +504,13 @@ async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: str
       out.push(
         `  ${label.padEnd(14)}| ${`${f(a.p50)} / ${f(a.p99)} / ${f(a.mean)}`.padEnd(35)}| ${`${f(b.p50)} / ${f(b.p99)} / ${f(b.mean)}`.padEnd(35)}| ${f(a.p50 / b.p50, 2).padStart(8)}  ${f(ratio99, 2).padStart(9)} | ${f(added).padStart(12)} | ${met ? 'MET' : 'NOT MET'}`,
       );
+    }
+    out.push('');
+    out.push('  every sample, sorted (ms):');
+    for (const [label, k] of rows) {
+      const list = (xs: number[]) => [...xs].sort((a, b) => a - b).map((x) => x.toFixed(0)).join(' ');
+      out.push(`  ${label.padEnd(14)}| control plane ${list(cp[k])}`);
+      out.push(`  ${''.padEnd(14)}| bare          ${list(bare[k])}`);
     }
     out.push('');
     out.push('  driver calls per operation (QMP/QGA through the worker\'s driver) and mean time spent in them:');
