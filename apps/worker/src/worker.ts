@@ -106,21 +106,18 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     const turnEnds = Date.now() + TURN_MS;
     let retryLater = false;
     try {
-      while (!stopping && ran.length < TURN_OPERATIONS && Date.now() < turnEnds) {
-        const r = await executor.executeHead(vmId);
-        if (!r) break;
-        ran.push(r);
-      }
+      let count = 0;
+      ran.push(...(await executor.executeHead(vmId, () => !stopping && ++count < TURN_OPERATIONS && Date.now() < turnEnds)));
       return { vmId, ran };
     } catch (e) {
-      // A transient failure: the operation is PENDING again and this job is retried with backoff.
+      // The job is retried with backoff (after a transient failure the operation is PENDING again).
       retryLater = true;
       throw e;
     } finally {
       await unlock();
       if (!retryLater) {
         const next = await store.headOperation(vmId).catch(() => undefined);
-        const after = ran[ran.length - 1]?.operationId ?? job.data.operationId;
+        const after = ran[ran.length - 1]?.operationId ?? job.id;
         if (next) await queue.add(EXECUTE_OPERATION, { operationId: next, vmId }, { ...enqueueOptions, jobId: `${operationJobId(next)}-after-${after}` }).catch(() => undefined);
       }
     }

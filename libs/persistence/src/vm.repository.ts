@@ -73,7 +73,7 @@ export function vmRowToRecord(r: VmRow): VmRecord {
 
 // Guest nodes never change after creation, so reading them in the statement
 // that locks the VM row (with that statement's snapshot) is safe.
-export const VM_COLUMNS = `v.id, v.name, v.description, v.labels, v.host_id, h.name as host, h.state::text as host_state, v.kernel_profile, v.guest_memory,
+const COLUMNS = `v.id, v.name, v.description, v.labels, v.host_id, h.name as host, h.state::text as host_state, v.kernel_profile, v.guest_memory,
   v.memory_slots, v.max_memory_bytes, v.spare_pcie_ports, v.state::text as state, v.version, v.created_at, v.updated_at,
   v.qemu_pid, v.qmp_socket_path, v.qga_socket_path, v.observed_devices, v.observed_at,
   (select coalesce(json_agg(json_build_object('guestNodeId', n.guest_node_id, 'vcpus', n.vcpus, 'bootMemoryBytes', n.boot_memory_bytes, 'hostNodeId', n.host_node_id)
@@ -108,7 +108,7 @@ export class VmRepository {
   }
 
   async find(sql: Sql, name: string): Promise<VmRecord | undefined> {
-    const rows = await sql.query<VmRow>(`select ${VM_COLUMNS} from vms v join hosts h on h.id = v.host_id where v.name = $1`, [name]);
+    const rows = await sql.query<VmRow>(`select ${COLUMNS} from vms v join hosts h on h.id = v.host_id where v.name = $1`, [name]);
     return rows[0] ? vmRowToRecord(rows[0]) : undefined;
   }
 
@@ -119,7 +119,7 @@ export class VmRepository {
   }
 
   async getById(sql: Sql, id: string): Promise<VmRecord> {
-    const rows = await sql.query<VmRow>(`select ${VM_COLUMNS} from vms v join hosts h on h.id = v.host_id where v.id = $1::uuid`, [id]);
+    const rows = await sql.query<VmRow>(`select ${COLUMNS} from vms v join hosts h on h.id = v.host_id where v.id = $1::uuid`, [id]);
     if (!rows[0]) throw DomainError.notFound('vm', id);
     return vmRowToRecord(rows[0]);
   }
@@ -131,13 +131,13 @@ export class VmRepository {
    * that reference the VM can still be inserted by the lock holder's peers.
    */
   async lock(sql: Sql, name: string): Promise<VmRecord> {
-    const rows = await sql.query<VmRow>(`select ${VM_COLUMNS} from vms v join hosts h on h.id = v.host_id where v.name = $1 for no key update of v`, [name]);
+    const rows = await sql.query<VmRow>(`select ${COLUMNS} from vms v join hosts h on h.id = v.host_id where v.name = $1 for no key update of v`, [name]);
     if (!rows[0]) throw DomainError.notFound('vm', name);
     return vmRowToRecord(rows[0]);
   }
 
   async lockById(sql: Sql, id: string): Promise<VmRecord> {
-    const rows = await sql.query<VmRow>(`select ${VM_COLUMNS} from vms v join hosts h on h.id = v.host_id where v.id = $1::uuid for no key update of v`, [id]);
+    const rows = await sql.query<VmRow>(`select ${COLUMNS} from vms v join hosts h on h.id = v.host_id where v.id = $1::uuid for no key update of v`, [id]);
     if (!rows[0]) throw DomainError.notFound('vm', id);
     return vmRowToRecord(rows[0]);
   }
@@ -162,7 +162,7 @@ export class VmRepository {
     }
     pageArgs.push(opts.limit);
     const [rows, count] = await Promise.all([
-      sql.query<VmRow>(`select ${VM_COLUMNS} from vms v join hosts h on h.id = v.host_id ${pageFilter} order by v.name limit $${pageArgs.length}`, pageArgs),
+      sql.query<VmRow>(`select ${COLUMNS} from vms v join hosts h on h.id = v.host_id ${pageFilter} order by v.name limit $${pageArgs.length}`, pageArgs),
       sql.query<{ n: string }>(`select count(*) as n from vms v join hosts h on h.id = v.host_id ${filter}`, args),
     ]);
     return { items: rows.map(vmRowToRecord), total: Number(count[0]?.n ?? 0) };

@@ -1,26 +1,17 @@
 import { type GroupObservedState, type OperationError, type OperationStep } from '#domain';
-import { Database, EngineRepository, MemoryGroupRepository, VmRepository, type ClaimedOperation, type MemoryGroupRecord, type Sql, type VmRecord, type VmRuntime } from '#persistence';
+import { Database, EngineRepository, MemoryGroupRepository, VmRepository, type ClaimedOperation, type MemoryGroupRecord, type OperationEnd, type Sql, type VmContext, type VmRecord, type VmRuntime } from '#persistence';
 import { PoolLedger } from '../pool-ledger';
 
 export type { VmRuntime };
 
 /** What one run of an operation starts from: the claimed operation, its VM, groups and host. */
-export type EngineContext = Omit<ClaimedOperation, 'groups' | 'group'> & { groups: MemoryGroupRecord[] };
+export type EngineContext = Pick<ClaimedOperation, 'op' | 'cancelRequested' | 'contextKey'> & VmContext;
 
 export interface GroupObservation {
   state: GroupObservedState;
   pluggedBytes: number;
   onlineBlocks: number;
   zones: Record<string, number>;
-}
-
-/** Written together with an operation's end state, in the same statement. */
-export interface FinishRecord {
-  /** The steps as they ended. */
-  steps?: { steps: OperationStep[]; progressPercent: number };
-  group?: { id: string; observation: GroupObservation };
-  /** The VM's memory devices as QEMU last showed them. */
-  devices?: { vmId: string; devices: unknown[] };
 }
 
 /**
@@ -37,15 +28,10 @@ export class EngineStore {
 
   /**
    * The VM's oldest unfinished operation, marked RUNNING, with what its run reads (one round
-   * trip). The VM's groups come back unless their desired state still has `knownGroupsKey`.
+   * trip). The VM context comes back unless it still has `knownContextKey`.
    */
-  async claimHead(vmId: string, knownGroupsKey?: string): Promise<ClaimedOperation | undefined> {
-    return this.engine.claimHead(this.db.sql, vmId, knownGroupsKey);
-  }
-
-  /** Every group of the VM, in plug order. */
-  async groupsOf(vmId: string): Promise<MemoryGroupRecord[]> {
-    return this.groups.listForVm(this.db.sql, vmId);
+  async claimHead(vmId: string, knownContextKey?: string): Promise<ClaimedOperation | undefined> {
+    return this.engine.claimHead(this.db.sql, vmId, knownContextKey);
   }
 
   /** The VM's oldest unfinished operation: the only one that may run now. */
@@ -67,34 +53,12 @@ export class EngineStore {
     return rows[0]?.cancel_requested ?? false;
   }
 
-  /** The operation's end state, with the group's and the VM's last observation, in one statement. */
-  async finish(operationId: string, state: 'SUCCEEDED' | 'FAILED' | 'CANCELLED', error?: OperationError, extra: FinishRecord = {}): Promise<void> {
-    const g = extra.group;
-    await this.db.sql.query(
-      `with g as (
-         update memory_groups set state = $5::"GroupObservedState", plugged_bytes = $6, online_blocks = $7, online_zones = $8::jsonb, updated_at = now()
-         where id = $4::uuid),
-       v as (
-         update vms set observed_devices = $10::jsonb, observed_at = now() where id = $9::uuid)
-       update operations set state = $2::"OperationState", error = $3::jsonb, ended_at = now(), updated_at = now(),
-         steps = coalesce($11::jsonb, steps),
-         progress_percent = case when $2 = 'SUCCEEDED' then 100 else coalesce($12::int, progress_percent) end
-       where id = $1::uuid and state in ('PENDING', 'RUNNING')`,
-      [
-        operationId,
-        state,
-        error ? JSON.stringify(error) : null,
-        g?.id ?? null,
-        g?.observation.state ?? 'PENDING',
-        g?.observation.pluggedBytes ?? 0,
-        g?.observation.onlineBlocks ?? 0,
-        JSON.stringify(g?.observation.zones ?? {}),
-        extra.devices?.vmId ?? null,
-        JSON.stringify(extra.devices?.devices ?? []),
-        extra.steps ? JSON.stringify(extra.steps.steps) : null,
-        extra.steps?.progressPercent ?? null,
-      ],
-    );
+  /**
+   * Writes an operation's end (with its group's observation and the VM's devices) and, with
+   * `claimNext`, claims the VM's next operation, in one statement.
+   */
+  async endAndClaim(vmId: string, end: OperationEnd, claimNext: boolean, knownContextKey?: string): Promise<{ ended: boolean; next?: ClaimedOperation }> {
+    return this.engine.endAndClaim(this.db.sql, vmId, end, { claimNext, knownContextKey });
   }
 
   /** Back to PENDING for a retry after a transient failure. */
@@ -179,12 +143,15 @@ export class EngineStore {
     });
   }
 
-  /** The guest refused to give memory back: the group is PRESENT and PLUGGED again, holding what it held. */
-  async restorePresent(groupId: string): Promise<void> {
-    await this.db.sql.query(
-      `update memory_groups set desired_state = 'PRESENT', state = 'PLUGGED', version = version + 1, updated_at = now() where id = $1::uuid`,
-      [groupId],
-    );
+  /**
+   * The guest refused to give memory back: the group is PRESENT and PLUGGED again, holding
+   * what it held. The VM row is locked first, as every change to a VM's groups does.
+   */
+  async restorePresent(vm: VmRecord, groupId: string): Promise<void> {
+    await this.db.sqlTransaction(async (sql) => {
+      await this.groups.lockVm(sql, vm.name);
+      await sql.query(`update memory_groups set desired_state = 'PRESENT', state = 'PLUGGED', version = version + 1, updated_at = now() where id = $1::uuid`, [groupId]);
+    });
   }
 
   /**

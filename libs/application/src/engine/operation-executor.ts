@@ -7,7 +7,6 @@ import {
   memoryDeviceHotplugCommands,
   memoryDeviceIds,
   nextHotplugStep,
-  progressOf,
   renderQemuArgv,
   topologyInputFromResources,
   zoneMismatches,
@@ -15,13 +14,14 @@ import {
   type HotplugStep,
   type ObservedVmMemory,
   type OperationError,
-  type OperationStep,
   type Topology,
 } from '#domain';
 import type { GuestMemoryBlockResponse, HypervisorDriver, MemoryDevice } from '#hypervisor';
 import type { MemoryGroupRecord } from '#persistence';
-import type { EngineContext, EngineStore, FinishRecord } from './engine-store';
+import type { ClaimedOperation, OperationEnd, VmContext } from '#persistence';
+import type { EngineContext, EngineStore } from './engine-store';
 import { RunObservation } from './run-observation';
+import { StepRecorder } from './step-recorder';
 
 export interface GuestBootImage {
   kernel: string;
@@ -45,6 +45,8 @@ export interface ExecutorConfig {
   bootTimeoutMs: number;
   /** While waiting for QEMU or the guest to move, how often what is awaited is re-read (default 10 ms). */
   pollIntervalMs?: number;
+  /** A running operation's steps and progress are written at most this often (default 25 ms); its end always. */
+  progressIntervalMs?: number;
   log?: (line: string) => void;
 }
 
@@ -70,22 +72,11 @@ export type OperationOutcome = 'SUCCEEDED' | 'FAILED' | 'CANCELLED';
 /** One execution of one operation: its steps, and what its end writes. */
 interface Run {
   ctx: EngineContext;
-  /** Records a step done; learns of a cancel asked for meanwhile. */
-  record(step: string): Promise<void>;
-  /** Marks a step done; it is written with the next `flush` (or with the end state). */
-  mark(step: string): void;
-  /** Writes the steps marked since the last write (in the background). */
-  flush(): void;
-  /** A cancel was asked for, as of the last look. */
-  cancelled(): boolean;
-  /** Asks Postgres again (while waiting, when no step is recorded). */
+  steps: StepRecorder;
+  /** Asks Postgres whether a cancel was asked for (while waiting, when no step is written). */
   checkCancel(): Promise<void>;
-  /** The steps so far. */
-  steps(): OperationStep[];
-  /** Waits for the step records on their way; throws what one of them failed with. */
-  settled(): Promise<void>;
-  /** Written with the end state, in the same statement. */
-  end: FinishRecord;
+  /** Written with the end state, in the same statement: the group's observation, the VM's devices. */
+  end: Pick<OperationEnd, 'group' | 'devices'>;
   /** The end state is written already (an unplug ends in the transaction that releases its capacity). */
   ended: boolean;
 }
@@ -101,10 +92,10 @@ interface Run {
  * what QEMU and the guest show.
  */
 export class OperationExecutor {
-  /** Compiled topologies per VM, keyed by the compiler's whole input. */
+  /** Compiled topologies per VM, keyed by the versions of what they are compiled from. */
   private readonly topologies = new Map<string, { key: string; topology: Topology }>();
-  /** Each VM's groups as last read, with the digest of their desired state. */
-  private readonly groupSets = new Map<string, { key: string; groups: MemoryGroupRecord[] }>();
+  /** Each VM's context as last read, with the versions it was read at. */
+  private readonly contexts = new Map<string, { key: string; context: VmContext }>();
   /** The guest's memory block size per VM and QEMU process (it cannot change while the guest runs). */
   private readonly blockSizes = new Map<string, { pid: number | undefined; bytes: Promise<number> }>();
 
@@ -123,94 +114,63 @@ export class OperationExecutor {
   }
 
   /**
-   * Runs the VM's oldest unfinished operation to an end state; undefined when the VM has none.
-   * Throws TransientError when it should be retried later (it is PENDING again). The caller
-   * holds the VM's lock.
+   * Runs the VM's unfinished operations, oldest first, each to an end state, for as long as
+   * `more()` (asked after each) says so; an operation's end is written in the same statement
+   * that claims the next one. Throws TransientError when the operation under way should be
+   * retried later (it is PENDING again). The caller holds the VM's lock.
    */
-  async executeHead(vmId: string): Promise<{ operationId: string; state: OperationOutcome } | undefined> {
-    const known = this.groupSets.get(vmId);
-    const claimed = await this.store.claimHead(vmId, known?.key);
-    if (!claimed) return undefined;
-    const { groups: fresh, group, ...rest } = claimed;
-    let groups = fresh;
-    if (!groups && known?.key === claimed.groupsKey) {
-      // Every group's desired state is what this worker read before; its own group is fresh.
-      groups = known.groups.map((g) => (group && g.uid === group.uid ? group : g));
+  async executeHead(vmId: string, more: () => boolean = () => false): Promise<{ operationId: string; state: OperationOutcome }[]> {
+    const done: { operationId: string; state: OperationOutcome }[] = [];
+    let known = this.contexts.get(vmId);
+    let claimed = await this.store.claimHead(vmId, known?.key);
+    while (claimed) {
+      const ctx = this.contextOf(vmId, claimed, known);
+      const { state, end } = await this.run(ctx);
+      done.push({ operationId: ctx.op.name, state });
+      const next = more();
+      known = this.contexts.get(vmId);
+      if (end) claimed = (await this.store.endAndClaim(vmId, end, next, known?.key)).next;
+      else claimed = next ? await this.store.claimHead(vmId, known?.key) : undefined;
     }
-    groups ??= await this.store.groupsOf(vmId);
-    this.groupSets.delete(vmId);
-    this.groupSets.set(vmId, { key: claimed.groupsKey, groups });
-    if (this.groupSets.size > 1024) this.groupSets.delete(this.groupSets.keys().next().value!);
-    const ctx: EngineContext = { ...rest, groups };
-    return { operationId: ctx.op.name, state: await this.run(ctx) };
+    return done;
   }
 
-  private async run(ctx: EngineContext): Promise<OperationOutcome> {
-    const steps: OperationStep[] = ctx.op.steps.map((s) => ({ ...s }));
-    let cancel = ctx.cancelRequested;
-    // Steps are recorded while the next one runs; records made while one is on its way are
-    // folded into the next write, and the end state carries the final list.
-    let writing: Promise<void> | undefined;
-    let again = false;
-    let closing = false;
-    let writeError: unknown;
-    const write = () => {
-      if (closing) return;
-      if (writing) {
-        again = true;
-        return;
-      }
-      writing = (async () => {
-        do {
-          again = false;
-          const snapshot = steps.map((x) => ({ ...x }));
-          if (await this.store.recordSteps(ctx.op.name, snapshot, progressOf(snapshot))) cancel = true;
-        } while (again && !closing);
-      })()
-        .catch((e: unknown) => {
-          writeError ??= e;
-        })
-        .finally(() => {
-          writing = undefined;
-        });
-    };
-    // The end state is written next, with every step: what is not on its way stays unwritten.
-    const settled = async () => {
-      closing = true;
-      while (writing) await writing;
-      if (writeError) throw writeError;
-    };
-    let dirty = false;
-    const mark = (name: string) => {
-      if (writeError) throw writeError;
-      const existing = steps.find((s) => s.name === name && s.state === 'PENDING');
-      if (existing) existing.state = 'DONE';
-      else steps.push({ name, state: 'DONE' });
-      dirty = true;
-    };
-    const flush = () => {
-      if (!dirty) return;
-      dirty = false;
-      write();
-    };
+  /**
+   * The run's context: as claimed, or as this worker read it before when the VM's, its
+   * host's and its groups' versions are unchanged (then only the operation's own group is
+   * fresh: it also carries observed state).
+   */
+  private contextOf(vmId: string, claimed: ClaimedOperation, known: { key: string; context: VmContext } | undefined): EngineContext {
+    let context = claimed.context;
+    if (!context) {
+      if (!known || known.key !== claimed.contextKey) throw new Error(`unreachable: no context for VM ${vmId} under key ${claimed.contextKey}`);
+      const group = claimed.group;
+      context = group ? { ...known.context, groups: known.context.groups.map((g) => (g.uid === group.uid ? group : g)) } : known.context;
+    }
+    this.contexts.delete(vmId);
+    this.contexts.set(vmId, { key: claimed.contextKey, context });
+    if (this.contexts.size > 1024) this.contexts.delete(this.contexts.keys().next().value!);
+    return { op: claimed.op, cancelRequested: claimed.cancelRequested, contextKey: claimed.contextKey, ...context };
+  }
+
+  /** One operation to its end: returns the end to write (none when it is written already). Throws TransientError after a requeue. */
+  private async run(ctx: EngineContext): Promise<{ state: OperationOutcome; end?: OperationEnd }> {
+    const recorder = new StepRecorder(
+      (steps, progressPercent) => this.store.recordSteps(ctx.op.name, steps, progressPercent),
+      ctx.op.steps,
+      ctx.cancelRequested,
+      this.config.progressIntervalMs ?? 25,
+    );
     const run: Run = {
       ctx,
-      record: async (name: string) => {
-        mark(name);
-        flush();
-      },
-      mark,
-      flush,
-      cancelled: () => cancel,
+      steps: recorder,
       checkCancel: async () => {
-        if (!cancel && (await this.store.cancelRequested(ctx.op.name))) cancel = true;
+        if (!recorder.cancelRequested && (await this.store.cancelRequested(ctx.op.name))) recorder.cancelRequested = true;
       },
-      steps: () => steps.map((x) => ({ ...x })),
-      settled,
       end: {},
       ended: false,
     };
-    const final = () => ({ steps: steps.map((x) => ({ ...x })), progressPercent: progressOf(steps) });
+    const operationId = ctx.op.name;
     try {
       switch (ctx.op.kind) {
         case 'START':
@@ -225,37 +185,37 @@ export class OperationExecutor {
           await this.group(run);
           break;
       }
-      if (!run.ended) {
-        await settled();
-        await this.store.finish(ctx.op.name, 'SUCCEEDED', undefined, { ...run.end, steps: final() });
-      }
-      return 'SUCCEEDED';
+      if (run.ended) return { state: 'SUCCEEDED' };
+      await recorder.settle();
+      return { state: 'SUCCEEDED', end: { operationId, state: 'SUCCEEDED', ...run.end, steps: recorder.current() } };
     } catch (e) {
-      await settled().catch(() => undefined);
+      await recorder.settle().catch(() => undefined);
       if (e instanceof Cancelled) {
-        await this.store.finish(ctx.op.name, 'CANCELLED', { code: 'CANCELLED', reason: 'OPERATION_CANCELLED', message: e.message }, { steps: final() });
-        return 'CANCELLED';
+        return { state: 'CANCELLED', end: { operationId, state: 'CANCELLED', error: { code: 'CANCELLED', reason: 'OPERATION_CANCELLED', message: e.message }, steps: recorder.current() } };
       }
       if (e instanceof TransientError || (isDomainError(e) && TRANSIENT.has(e.code))) {
-        await this.store.requeue(ctx.op.name, opError(e), final());
+        await this.store.requeue(operationId, opError(e), recorder.current());
         throw e instanceof TransientError ? e : new TransientError(e.message);
       }
-      this.log(`operation ${ctx.op.name} (${ctx.op.kind} ${ctx.vm.name}${ctx.op.memoryGroup ? '/' + ctx.op.memoryGroup : ''}) failed: ${(e as Error).message}`);
-      await this.store.finish(ctx.op.name, 'FAILED', opError(e), { ...run.end, steps: final() });
-      return 'FAILED';
+      this.log(`operation ${operationId} (${ctx.op.kind} ${ctx.vm.name}${ctx.op.memoryGroup ? '/' + ctx.op.memoryGroup : ''}) failed: ${(e as Error).message}`);
+      return { state: 'FAILED', end: { operationId, state: 'FAILED', error: opError(e), ...run.end, steps: recorder.current() } };
     }
   }
 
   // ---------------------------------------------------------------- VM lifecycle
 
-  /** The VM's topology; compiled again only when something it is compiled from changed. */
-  private topology(ctx: EngineContext, groups: MemoryGroupRecord[] = ctx.groups): Topology {
-    const pools = new Map(groups.map((g) => [g.pool, { name: g.pool, hostNodeId: g.poolFacts.hostNodeId, memoryType: g.poolFacts.memoryType, ...(g.poolFacts.daxDevicePath ? { daxDevicePath: g.poolFacts.daxDevicePath } : {}) }]));
-    const input = topologyInputFromResources({ host: ctx.host, vm: ctx.vm, pools: [...pools.values()], groups });
-    const key = JSON.stringify(input);
+  /**
+   * The VM's topology, with `presentGroup` counted as present (an unplug's group is still in
+   * the guest). Compiled again only when something it is compiled from changed: the context
+   * key names the VM's, its host's and its groups' versions.
+   */
+  private topology(ctx: EngineContext, presentGroup?: MemoryGroupRecord): Topology {
+    const groups = presentGroup ? ctx.groups.map((x) => (x.uid === presentGroup.uid ? { ...x, desiredState: 'PRESENT' as const } : x)) : ctx.groups;
+    const key = `${ctx.contextKey}|${presentGroup && presentGroup.desiredState !== 'PRESENT' ? presentGroup.uid : ''}`;
     const hit = this.topologies.get(ctx.vm.uid);
     if (hit?.key === key) return hit.topology;
-    const topology = compileTopology(input);
+    const pools = new Map(groups.map((g) => [g.pool, { name: g.pool, hostNodeId: g.poolFacts.hostNodeId, memoryType: g.poolFacts.memoryType, ...(g.poolFacts.daxDevicePath ? { daxDevicePath: g.poolFacts.daxDevicePath } : {}) }]));
+    const topology = compileTopology(topologyInputFromResources({ host: ctx.host, vm: ctx.vm, pools: [...pools.values()], groups }));
     this.topologies.delete(ctx.vm.uid);
     this.topologies.set(ctx.vm.uid, { key, topology });
     if (this.topologies.size > 1024) this.topologies.delete(this.topologies.keys().next().value!);
@@ -302,7 +262,8 @@ export class OperationExecutor {
   private async start(run: Run): Promise<void> {
     const { ctx } = run;
     const topology = this.topology(ctx);
-    await run.record('compile-topology');
+    run.steps.mark('compile-topology');
+    run.steps.flush();
     const already = ctx.runtime ? await this.attach(ctx).then(() => true, () => false) : false;
     if (!already) {
       const paths = this.paths(ctx.vm.uid);
@@ -328,13 +289,14 @@ export class OperationExecutor {
       await this.store.setVmRunning(ctx.vm.uid, { pid: status.pid!, qmpSocketPath: paths.qmpSocket, qgaSocketPath: paths.qgaSocket, runtimeDir: paths.dir });
       ctx.runtime = { pid: status.pid!, qmpSocketPath: paths.qmpSocket, qgaSocketPath: paths.qgaSocket, runtimeDir: paths.dir };
     }
-    await run.record('launch-qemu');
-    await run.record('wait-guest-agent');
+    run.steps.mark('launch-qemu');
+    run.steps.mark('wait-guest-agent');
+    run.steps.flush();
     await this.store.setVmState(ctx.vm.uid, 'RUNNING');
     // Static groups are plugged now, after boot, so their nodes get their HMAT tier (see topology README).
     for (const g of ctx.groups.filter((x) => x.desiredState === 'PRESENT')) await this.converge(run, topology, g);
     const devices = await this.driver.queryMemoryDevices(ctx.vm.uid).catch(() => undefined);
-    if (devices) run.end.devices = { vmId: ctx.vm.uid, devices };
+    if (devices) run.end.devices = devices;
   }
 
   private async stop(run: Run): Promise<void> {
@@ -343,8 +305,9 @@ export class OperationExecutor {
       await this.attach(ctx).catch(() => undefined);
       await this.driver.stop(ctx.vm.uid, { powerdownTimeoutMs: 5_000, quitTimeoutMs: 5_000 });
     }
-    await run.record('guest-shutdown');
-    await run.record('wait-qemu-exit');
+    run.steps.mark('guest-shutdown');
+    run.steps.mark('wait-qemu-exit');
+    run.steps.flush();
     await this.store.setVmStopped(ctx.vm.uid, 'STOPPED');
   }
 
@@ -355,7 +318,7 @@ export class OperationExecutor {
     const g = ctx.groups.find((x) => x.uid === ctx.op.groupId);
     if (!g) return; // the group went away (cancelled plug): nothing left to do
     await this.attach(ctx);
-    const topology = this.topology(ctx, ctx.groups.map((x) => (x.uid === g.uid ? { ...x, desiredState: 'PRESENT' } : x)));
+    const topology = this.topology(ctx, g);
     await this.converge(run, topology, g);
   }
 
@@ -421,7 +384,7 @@ export class OperationExecutor {
     let cancelCheckAt = Date.now() + CANCEL_CHECK_MS;
     const seen = await RunObservation.observe(this.driver, vmId, this.blockSize(vmId));
     for (;;) {
-      if (run.cancelled()) {
+      if (run.steps.cancelRequested) {
         await this.compensate(run, g, desired, offlined);
         throw new Cancelled(`cancelled while ${lastWait || 'running'}`);
       }
@@ -437,7 +400,7 @@ export class OperationExecutor {
         return;
       }
       // The last step needs no write of its own: the end state carries it.
-      run.flush();
+      run.steps.flush();
       if (step.kind === 'wait') {
         lastWait = step.reason;
         if (Date.now() > deadline) return this.timedOut(run, g, desired, seen.view(), step.reason, offlined);
@@ -458,7 +421,7 @@ export class OperationExecutor {
         throw e;
       }
       const reread = seen.applied(step, responses);
-      run.mark(stepName(step));
+      run.steps.mark(stepName(step));
       if (reread.rereadDevices) await seen.refreshDevices();
       if (reread.rereadBlocks) seen.blocksStale = true;
     }
@@ -569,8 +532,8 @@ export class OperationExecutor {
     const { ctx } = run;
     const vmId = ctx.vm.uid;
     if (!desired.present) {
-      await run.settled();
-      await this.store.completeUnplug(ctx.vm, g, ctx.op.name, seen.devices, run.steps());
+      await run.steps.settle();
+      await this.store.completeUnplug(ctx.vm, g, ctx.op.name, seen.devices, run.steps.current().steps);
       run.ended = true;
       return;
     }
@@ -587,7 +550,7 @@ export class OperationExecutor {
     if (ctx.op.kind === 'START') await this.store.setGroupObserved(g.uid, observation);
     else {
       run.end.group = { id: g.uid, observation };
-      run.end.devices = { vmId, devices: seen.devices };
+      run.end.devices = seen.devices;
     }
     const wrong = zoneMismatches(g.onlineType, blocks);
     if (wrong.length) {
@@ -642,7 +605,7 @@ export class OperationExecutor {
       }
       if (!desired.present) {
         if (offlined.length) await this.driver.onlineGuestMemoryBlocks(vmId, offlined, desired.onlineType === 'ONLINE_KERNEL' ? 'online_kernel' : desired.onlineType === 'ONLINE_MOVABLE' ? 'online_movable' : 'online');
-        await this.store.restorePresent(g.uid);
+        await this.store.restorePresent(ctx.vm, g.uid);
         const observed = await this.observe(vmId);
         const device = observed.devices.find((d) => d.id === desired.deviceId);
         if (device) await this.store.setGroupObserved(g.uid, { state: 'PLUGGED', pluggedBytes: device.sizeBytes, onlineBlocks: observed.blocks.filter((b) => b.online).length, zones: {} });
