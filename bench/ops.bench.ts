@@ -3,17 +3,21 @@
  *
  *   npm run bench:ops                          (after a build)
  *   node dist/bench/ops.bench.js [--iterations 10] [--queue-ops 500] [--queue-vms 10] [--concurrency 4] [--skip-guest] [--skip-queue]
+ *                                [--observe events|poll] [--trace]
  *
- * 1. Queue machinery alone: the API, Postgres, the outbox, BullMQ and the real executor, with
- *    the hypervisor replaced by an in-process recording driver (bench/recording-driver.ts, no
- *    QEMU): many PLUG operations created through the REST API in parallel, over several VMs,
- *    measured end to end (first request → last operation SUCCEEDED) in operations/s.
+ * 1. Queue machinery alone: Postgres, the outbox, BullMQ and the real executor, with the
+ *    hypervisor replaced by an in-process recording driver (bench/recording-driver.ts, no
+ *    QEMU): PLUG operations over several VMs are recorded through the REST API while no worker
+ *    runs, then a worker starts; operations/s from its start to the last SUCCEEDED. Then the
+ *    same number again with REST clients creating while the worker runs (first request →
+ *    last SUCCEEDED), which the API's own creation rate bounds.
  * 2. On a real guest (QEMU + Debian linux-6.12 guest): plug a 256 MiB STATIC group, shrink and
  *    grow a DYNAMIC (virtio-mem) group 512 MiB ↔ 128 MiB, unplug the static group — through the
- *    REST API (request → operation observed SUCCEEDED, polled every 10 ms), beside a bare
- *    script issuing the same QMP/QGA steps straight through the worker's hypervisor driver
- *    (no API, no database, no queue), polling the guest every 10 ms.
- *
+ *    REST API (request → operation observed SUCCEEDED through its server-sent events, or with
+ *    --observe poll by GETting it every 10 ms), beside a bare script issuing the same QMP/QGA
+ *    steps straight through the worker's hypervisor driver (no API, no database, no queue),
+ *    polling the guest every 10 ms. Who goes first alternates every iteration.
+
  * It starts its own embedded Postgres and redis-server under .cache/bench-ops-<pid>, the API
  * and the worker in this process. Targets (issue): the control plane adds at most 10 %, or at
  * most 60 ms at p99; the queue machinery runs ≥ 1,000 operations/s.
@@ -25,10 +29,11 @@ import { Client } from 'pg';
 import { generateApiKey } from '#application';
 import { applyMigrations, freePort, loadConfig, projectRoot, startEmbeddedPostgres, startEmbeddedRedis } from '#platform';
 import { ensureGuestImages, GUEST_ACCEL, GUEST_CPU_MODEL } from '#testing/guest';
-import type { HypervisorDriver } from '#hypervisor';
+import { LocalHypervisorDriver, type HypervisorDriver } from '#hypervisor';
 import { startMemplane } from '../apps/api/src/server';
 import { cachedGuestImages, startWorker, type RunningWorker } from '../apps/worker/src/worker';
 import { RecordingDriver } from './recording-driver';
+import { callsBetween, timedDriver } from './timed-driver';
 
 const MiB = 1024 ** 2;
 const GiB = 1024 ** 3;
@@ -43,6 +48,15 @@ const QUEUE_VMS = opt('queue-vms', 10);
 const CONCURRENCY = opt('concurrency', 4);
 const SKIP_GUEST = args.includes('--skip-guest');
 const SKIP_QUEUE = args.includes('--skip-queue');
+/**
+ * How the REST client learns that an operation ended: `events` (default) follows the
+ * operation's server-sent events (GET /v1/operations/{id}/events, woken by Postgres
+ * NOTIFY on state changes); `poll` GETs the operation every POLL_MS.
+ */
+const OBSERVE = args.includes('--observe') ? args[args.indexOf('--observe') + 1] : 'events';
+if (OBSERVE !== 'events' && OBSERVE !== 'poll') throw new Error(`--observe events|poll, not ${OBSERVE}`);
+/** Print every driver call (offset from the request, duration) of each operation of the last iteration. */
+const TRACE = args.includes('--trace');
 const POLL_MS = 10;
 
 
@@ -91,6 +105,41 @@ async function waitOperation(name: string, timeoutMs = 180_000): Promise<any> {
   }
 }
 
+/** Follows the operation's server-sent events until it ends; resolves with it once SUCCEEDED. */
+async function followOperation(name: string, timeoutMs = 180_000): Promise<any> {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), timeoutMs);
+  try {
+    const res = await fetch(`${apiUrl}/v1/operations/${name}/events`, { headers: { authorization: `Bearer ${adminKey}`, accept: 'text/event-stream' }, signal: abort.signal });
+    if (res.status !== 200) throw new Error(`GET /v1/operations/${name}/events: ${res.status} ${await res.text()}`);
+    const decoder = new TextDecoder();
+    let buffer = '';
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buffer += decoder.decode(chunk, { stream: true });
+      let i: number;
+      while ((i = buffer.indexOf('\n\n')) >= 0) {
+        const block = buffer.slice(0, i);
+        buffer = buffer.slice(i + 2);
+        let event = 'message';
+        let data = '';
+        for (const line of block.split('\n')) {
+          if (line.startsWith('event: ')) event = line.slice(7);
+          else if (line.startsWith('data: ')) data += line.slice(6);
+        }
+        if (event === 'error') throw new Error(`operation ${name}: ${data}`);
+        if (event !== 'message') continue;
+        const op = JSON.parse(data);
+        if (op.state === 'SUCCEEDED') return op;
+        if (['FAILED', 'CANCELLED'].includes(op.state)) throw new Error(`operation ${name} ${op.state}: ${JSON.stringify(op.error ?? op)}`);
+      }
+    }
+    throw new Error(`the event stream of operation ${name} ended before it did`);
+  } finally {
+    clearTimeout(timer);
+    abort.abort();
+  }
+}
+
 function hostBody(name: string) {
   return {
     name,
@@ -110,7 +159,7 @@ function hostBody(name: string) {
 
 async function queueBench(databaseUrl: string, redisUrl: string, runtimeDir: string): Promise<string[]> {
   const driver = new RecordingDriver();
-  const worker = await startWorker({
+  const workerOptions = {
     databaseUrl,
     redisUrl,
     prefix: `bq${process.pid}`,
@@ -122,19 +171,52 @@ async function queueBench(databaseUrl: string, redisUrl: string, runtimeDir: str
       bootImage: () => ({ kernel: '/dev/null', initrd: '/dev/null', append: '' }),
       accel: 'tcg',
       cpuModel: 'max',
-      hostNodeBinding: 'none',
+      hostNodeBinding: 'none' as const,
       convergeTimeoutMs: 10_000,
       deviceDelTimeoutMs: 5_000,
       bootTimeoutMs: 10_000,
     },
-  });
+  };
+  let worker: RunningWorker | undefined = await startWorker(workerOptions);
   const pg = new Client({ connectionString: databaseUrl });
   await pg.connect();
   const out: string[] = [];
+  const perVm = Math.ceil((2 * QUEUE_OPS) / QUEUE_VMS);
+  const createPlugs = async (from: number) => {
+    const jobs: { vm: number; name: string }[] = [];
+    for (let i = from; i < from + QUEUE_OPS; i++) jobs.push({ vm: i % QUEUE_VMS, name: `g-${i}` });
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 32 }, async () => {
+        while (next < jobs.length) {
+          const j = jobs[next++]!;
+          await must('POST', `/v1/vms/qvm-${j.vm}/memory-groups`, 201, { name: j.name, pool: 'cxl-queue', kind: 'STATIC', sizeBytes: 128 * MiB, onlineType: 'ONLINE_MOVABLE' });
+        }
+      }),
+    );
+  };
+  const maxSeq = async () => Number((await pg.query<{ max: string | null }>(`select max(seq)::text as max from operations`)).rows[0]?.max ?? 0);
+  /** Waits until every operation after `seqFloor` ended; returns when the last one was seen ended. */
+  const allEnded = async (seqFloor: number) => {
+    const deadline = Date.now() + 120_000;
+    for (;;) {
+      const { rows } = await pg.query<{ state: string; n: string }>(`select state::text as state, count(*)::text as n from operations where seq > $1 group by state`, [seqFloor]);
+      const done = Number(rows.find((r) => r.state === 'SUCCEEDED')?.n ?? 0);
+      const failed = rows.filter((r) => r.state === 'FAILED' || r.state === 'CANCELLED').reduce((a, r) => a + Number(r.n), 0);
+      if (done + failed >= QUEUE_OPS || Date.now() > deadline) return { done, failed, at: performance.now() };
+      await sleep(5);
+    }
+  };
+  const latencies = async (seqFloor: number) => {
+    const { rows } = await pg.query<{ ms: string }>(
+      `select extract(epoch from (ended_at - created_at)) * 1000 as ms from operations where seq > $1 and state = 'SUCCEEDED'`,
+      [seqFloor],
+    );
+    return stats(rows.map((r) => Number(r.ms)));
+  };
   try {
-    const perVm = Math.ceil(QUEUE_OPS / QUEUE_VMS);
     await must('POST', '/v1/hosts', 201, hostBody('hv-queue'));
-    await must('POST', '/v1/pools', 201, { name: 'cxl-queue', host: 'hv-queue', hostNodeId: 1, capacityBytes: (QUEUE_OPS + QUEUE_VMS + 8) * 128 * MiB });
+    await must('POST', '/v1/pools', 201, { name: 'cxl-queue', host: 'hv-queue', hostNodeId: 1, capacityBytes: (2 * QUEUE_OPS + QUEUE_VMS + 8) * 128 * MiB });
     const vmIds: string[] = [];
     for (let v = 0; v < QUEUE_VMS; v++) {
       const vm = await must('POST', '/v1/vms', 201, {
@@ -157,56 +239,49 @@ async function queueBench(databaseUrl: string, redisUrl: string, runtimeDir: str
         await waitOperation(g.operation, 30_000);
       }),
     );
-    const { rows: before } = await pg.query<{ max: string | null }>(`select max(seq)::text as max from operations`);
-    const seqFloor = Number(before[0]?.max ?? 0);
-    const callsBefore = driver.calls.length;
 
-    // The measured run: QUEUE_OPS plugs, created through the API by 32 parallel clients.
-    const jobs: { vm: number; name: string }[] = [];
-    for (let i = 0; i < QUEUE_OPS; i++) jobs.push({ vm: i % QUEUE_VMS, name: `g-${i}` });
-    const t0 = performance.now();
-    const wallStart = Date.now();
-    let next = 0;
-    let createdBy = 0;
-    await Promise.all(
-      Array.from({ length: 32 }, async () => {
-        while (next < jobs.length) {
-          const j = jobs[next++]!;
-          await must('POST', `/v1/vms/qvm-${j.vm}/memory-groups`, 201, { name: j.name, pool: 'cxl-queue', kind: 'STATIC', sizeBytes: 128 * MiB, onlineType: 'ONLINE_MOVABLE' });
-        }
-      }),
-    );
-    createdBy = performance.now() - t0;
-    let done = 0;
-    let failed = 0;
-    const deadline = Date.now() + 120_000;
-    for (;;) {
-      const { rows } = await pg.query<{ state: string; n: string }>(`select state::text as state, count(*)::text as n from operations where seq > $1 group by state`, [seqFloor]);
-      done = Number(rows.find((r) => r.state === 'SUCCEEDED')?.n ?? 0);
-      failed = rows.filter((r) => r.state === 'FAILED' || r.state === 'CANCELLED').reduce((a, r) => a + Number(r.n), 0);
-      if (done + failed >= QUEUE_OPS || Date.now() > deadline) break;
-      await sleep(5);
-    }
-    const totalMs = performance.now() - t0;
-    const { rows: lat } = await pg.query<{ ms: string }>(
-      `select extract(epoch from (ended_at - created_at)) * 1000 as ms from operations where seq > $1 and state = 'SUCCEEDED'`,
-      [seqFloor],
-    );
-    const { rows: lastEnd } = await pg.query<{ ms: string }>(`select extract(epoch from max(ended_at)) * 1000 as ms from operations where seq > $1`, [seqFloor]);
-    const dbSpanMs = Number(lastEnd[0]?.ms ?? 0) - wallStart;
-    const l = stats(lat.map((r) => Number(r.ms)));
-    const rate = (done / totalMs) * 1000;
-    const calls = driver.calls.length - callsBefore;
+    // 1. The queue machinery alone: the operations are recorded (through the API) while no
+    //    worker runs; then a worker starts and moves them outbox → BullMQ → executor → SUCCEEDED.
+    await worker.stop();
+    worker = undefined;
+    const floor1 = await maxSeq();
+    const c0 = performance.now();
+    await createPlugs(0);
+    const createMs = performance.now() - c0;
+    const calls1 = driver.calls.length;
+    const t1 = performance.now();
+    worker = await startWorker(workerOptions);
+    const r1 = await allEnded(floor1);
+    const drainMs = r1.at - t1;
+    const rate1 = (r1.done / drainMs) * 1000;
+    const l1 = await latencies(floor1);
+    const calls = driver.calls.length - calls1;
+
+    // 2. End to end with the API in the loop: the same number of plugs created by REST
+    //    clients while the worker runs (first request → last SUCCEEDED).
+    const floor2 = await maxSeq();
+    const t2 = performance.now();
+    await createPlugs(QUEUE_OPS);
+    const createdBy = performance.now() - t2;
+    const r2 = await allEnded(floor2);
+    const totalMs = r2.at - t2;
+    const rate2 = (r2.done / totalMs) * 1000;
+    const l2 = await latencies(floor2);
+
     out.push('');
-    out.push(`Queue machinery with an in-process recording driver (no QEMU) — API + Postgres + outbox + BullMQ + executor`);
-    out.push(`  ${QUEUE_OPS} PLUG operations (STATIC 128 MiB) over ${QUEUE_VMS} VMs, created by 32 parallel REST clients, worker concurrency ${CONCURRENCY}, ${cpus().length} CPUs`);
-    out.push(`  succeeded ${done}, failed/cancelled ${failed}; driver calls recorded: ${calls} (${f(calls / Math.max(1, done), 1)} per operation)`);
-    out.push(`  all created after ${f(createdBy, 0)} ms; last SUCCEEDED after ${f(totalMs, 0)} ms observed (${f(dbSpanMs, 0)} ms by ended_at)`);
-    out.push(`  per operation created → SUCCEEDED (DB timestamps): p50 ${f(l.p50)} ms, p99 ${f(l.p99)} ms, mean ${f(l.mean)} ms`);
-    out.push(`  throughput: ${f(rate, 1)} operations/s end to end   target ≥ 1000/s: ${rate >= 1000 ? 'MET' : 'NOT MET'}`);
+    out.push(`Queue machinery with an in-process recording driver (no QEMU) — Postgres + outbox + BullMQ + executor`);
+    out.push(`  ${QUEUE_OPS} PLUG operations (STATIC 128 MiB) over ${QUEUE_VMS} VMs, worker concurrency ${CONCURRENCY}, ${cpus().length} CPUs`);
+    out.push(`  1. queue machinery alone: ${QUEUE_OPS} operations recorded through the API with no worker running (${f(createMs, 0)} ms, ${f((QUEUE_OPS / createMs) * 1000, 0)} creations/s), then a worker started:`);
+    out.push(`     succeeded ${r1.done}, failed/cancelled ${r1.failed}; driver calls recorded: ${calls} (${f(calls / Math.max(1, r1.done), 1)} per operation)`);
+    out.push(`     worker start → last SUCCEEDED observed: ${f(drainMs, 0)} ms; per operation created → SUCCEEDED p50 ${f(l1.p50)} ms, p99 ${f(l1.p99)} ms (includes the time queued before the worker started)`);
+    out.push(`     throughput: ${f(rate1, 1)} operations/s   target ≥ 1000/s: ${rate1 >= 1000 ? 'MET' : 'NOT MET'}`);
+    out.push(`  2. with the API in the loop: ${QUEUE_OPS} plugs created by 32 parallel REST clients while the worker runs`);
+    out.push(`     succeeded ${r2.done}, failed/cancelled ${r2.failed}; all created after ${f(createdBy, 0)} ms, last SUCCEEDED observed after ${f(totalMs, 0)} ms`);
+    out.push(`     per operation created → SUCCEEDED p50 ${f(l2.p50)} ms, p99 ${f(l2.p99)} ms, mean ${f(l2.mean)} ms`);
+    out.push(`     throughput end to end (first request → last SUCCEEDED): ${f(rate2, 1)} operations/s (bounded by the API's creation rate)`);
   } finally {
     await pg.end().catch(() => undefined);
-    await worker.stop();
+    await worker?.stop();
   }
   return out;
 }
@@ -277,7 +352,10 @@ async function bareResize(driver: HypervisorDriver, vm: string, deviceId: string
 
 async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: string): Promise<string[]> {
   ensureGuestImages('linux-6.12');
+  // Both sides go through the same timed driver: calls and the time spent in QMP/QGA are counted per operation.
+  const timed = timedDriver(new LocalHypervisorDriver({}));
   const worker: RunningWorker = await startWorker({
+    driver: timed.driver,
     databaseUrl,
     redisUrl,
     prefix: `bg${process.pid}`,
@@ -328,20 +406,38 @@ async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: str
 
     const cp: Samples = { plug: [], shrink: [], grow: [], unplug: [] };
     const bare: Samples = { plug: [], shrink: [], grow: [], unplug: [] };
+    const callStats: Record<string, { n: number; busyMs: number; samples: number }> = {};
+    const traces: string[] = [];
+    const note = (label: string, t0: number, t1: number) => {
+      const c = callsBetween(timed.calls, t0, t1);
+      const s = (callStats[label] ??= { n: 0, busyMs: 0, samples: 0 });
+      s.n += c.n;
+      s.busyMs += c.busyMs;
+      s.samples++;
+      if (TRACE) traces.push(`  ${label}: ${(t1 - t0).toFixed(1)} ms, ${c.n} driver calls busy ${c.busyMs.toFixed(1)} ms`, ...c.list.map((l) => `      ${l}`));
+    };
+    let label = '';
     const timeCp = async (req: () => Promise<any>) => {
       const t = performance.now();
       const body = await req();
-      await waitOperation(body.operation ?? body.name, 120_000);
-      return performance.now() - t;
+      const name = body.operation ?? body.name;
+      await (OBSERVE === 'events' ? followOperation(name, 120_000) : waitOperation(name, 120_000));
+      const t1 = performance.now();
+      note(`control plane ${label}`, t, t1);
+      return t1 - t;
     };
     const timeBare = async (fn: () => Promise<void>) => {
       const t = performance.now();
       await fn();
-      return performance.now() - t;
+      const t1 = performance.now();
+      note(`bare ${label}`, t, t1);
+      return t1 - t;
     };
     for (let i = 0; i < ITERATIONS; i++) {
+      if (TRACE) traces.length = 0;
       // Alternate who goes first, so neither side always meets a guest that just did work.
       const cpFirst = i % 2 === 0;
+      label = 'plug';
       const plugCp = () => timeCp(() => must('POST', '/v1/vms/vm-bench/memory-groups', 201, { name: `p${i}`, pool: 'cxl-guest', kind: 'STATIC', sizeBytes: 256 * MiB, onlineType: 'ONLINE_MOVABLE' }));
       const plugBare = () => timeBare(() => barePlug(driver, vmId, `bare${i}`, 256 * MiB, bs));
       if (cpFirst) {
@@ -352,11 +448,28 @@ async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: str
         cp.plug.push(await plugCp());
       }
       // Resize: both sides shrink 512 → 128 and grow back to 512 on the same virtio-mem device,
-      // so the API's record (512 MiB) matches QEMU again after each pair.
-      cp.shrink.push(await timeCp(() => must('POST', '/v1/vms/vm-bench/memory-groups/vmem:resize', 200, { requestedBytes: 128 * MiB })));
-      cp.grow.push(await timeCp(() => must('POST', '/v1/vms/vm-bench/memory-groups/vmem:resize', 200, { requestedBytes: 512 * MiB })));
-      bare.shrink.push(await timeBare(() => bareResize(driver, vmId, 'vmem-vmem', 128 * MiB, bs)));
-      bare.grow.push(await timeBare(() => bareResize(driver, vmId, 'vmem-vmem', 512 * MiB, bs)));
+      // so the API's record (512 MiB) matches QEMU again after each pair. Who goes first
+      // alternates too: a shrink right after a plug met a busier guest than one after a grow.
+      const resizeCp = async () => {
+        label = 'shrink';
+        cp.shrink.push(await timeCp(() => must('POST', '/v1/vms/vm-bench/memory-groups/vmem:resize', 200, { requestedBytes: 128 * MiB })));
+        label = 'grow';
+        cp.grow.push(await timeCp(() => must('POST', '/v1/vms/vm-bench/memory-groups/vmem:resize', 200, { requestedBytes: 512 * MiB })));
+      };
+      const resizeBare = async () => {
+        label = 'shrink';
+        bare.shrink.push(await timeBare(() => bareResize(driver, vmId, 'vmem-vmem', 128 * MiB, bs)));
+        label = 'grow';
+        bare.grow.push(await timeBare(() => bareResize(driver, vmId, 'vmem-vmem', 512 * MiB, bs)));
+      };
+      if (cpFirst) {
+        await resizeCp();
+        await resizeBare();
+      } else {
+        await resizeBare();
+        await resizeCp();
+      }
+      label = 'unplug';
       const unplugCp = () => timeCp(() => must('DELETE', `/v1/vms/vm-bench/memory-groups/p${i}`, 202));
       const unplugBare = () => timeBare(() => bareUnplug(driver, vmId, `bare${i}`, bs));
       if (cpFirst) {
@@ -369,7 +482,9 @@ async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: str
       process.stderr.write(`  iteration ${i + 1}/${ITERATIONS} done\n`);
     }
 
-    out.push(`  ${ITERATIONS} iterations; times in ms from request to observed SUCCEEDED (control plane, polled every ${POLL_MS} ms) / to the last QMP/QGA step done (bare)`);
+    out.push(
+      `  ${ITERATIONS} iterations; times in ms from request to observed SUCCEEDED (control plane, ${OBSERVE === 'events' ? "through the operation's server-sent events" : `GET polled every ${POLL_MS} ms`}) / to the last QMP/QGA step done (bare)`,
+    );
     out.push(`  (with ${ITERATIONS} samples p99 is the slowest sample)`);
     out.push('');
     out.push('  step          | control plane p50 / p99 / mean     | bare QMP/QGA p50 / p99 / mean      | ratio p50  ratio p99 | added p99 ms | target (≤10% or ≤60 ms p99)');
@@ -390,6 +505,22 @@ async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: str
         `  ${label.padEnd(14)}| ${`${f(a.p50)} / ${f(a.p99)} / ${f(a.mean)}`.padEnd(35)}| ${`${f(b.p50)} / ${f(b.p99)} / ${f(b.mean)}`.padEnd(35)}| ${f(a.p50 / b.p50, 2).padStart(8)}  ${f(ratio99, 2).padStart(9)} | ${f(added).padStart(12)} | ${met ? 'MET' : 'NOT MET'}`,
       );
     }
+    out.push('');
+    out.push('  every sample, sorted (ms):');
+    for (const [label, k] of rows) {
+      const list = (xs: number[]) => [...xs].sort((a, b) => a - b).map((x) => x.toFixed(0)).join(' ');
+      out.push(`  ${label.padEnd(14)}| control plane ${list(cp[k])}`);
+      out.push(`  ${''.padEnd(14)}| bare          ${list(bare[k])}`);
+    }
+    out.push('');
+    out.push('  driver calls per operation (QMP/QGA through the worker\'s driver) and mean time spent in them:');
+    for (const [label, k] of rows) {
+      const a = callStats[`control plane ${k}`];
+      const b = callStats[`bare ${k}`];
+      const per = (x: typeof a) => (x ? `${f(x.n / x.samples, 1)} calls, ${f(x.busyMs / x.samples)} ms` : '-');
+      out.push(`  ${label.padEnd(14)}| control plane ${per(a).padEnd(24)}| bare ${per(b)}`);
+    }
+    if (TRACE) out.push('', '  trace of the last iteration (offset from the request or the first bare step):', ...traces);
   } finally {
     await http('POST', '/v1/vms/vm-bench:stop').catch(() => undefined);
     if (vmId) await driver.stop(vmId, { powerdownTimeoutMs: 0, quitTimeoutMs: 3_000 }).catch(() => undefined);

@@ -1,6 +1,6 @@
 import { Redis } from 'ioredis';
 import { ApiKeyService, HostService, LedgerService, MemoryGroupService, Mutations, OperationService, PoolService, TopologyService, VmService, WatchService } from '#application';
-import { Database } from '#persistence';
+import { Database, PgNotifications } from '#persistence';
 import type { AppConfig } from '#platform';
 
 /**
@@ -24,6 +24,8 @@ export class Runtime {
     readonly config: AppConfig,
     readonly db: Database,
     readonly redis: Redis,
+    /** Postgres LISTEN (operation state changes for watchers); without it watchers only poll. */
+    readonly notifications?: PgNotifications,
   ) {
     this.mutations = new Mutations(db);
     this.hosts = new HostService(this.mutations);
@@ -34,14 +36,16 @@ export class Runtime {
     this.operations = new OperationService(this.mutations);
     this.ledger = new LedgerService(this.mutations);
     this.topology = new TopologyService(this.mutations);
-    this.watch = new WatchService(this.operations, this.vms);
+    this.watch = new WatchService(this.operations, this.vms, {
+      ...(notifications ? { operationChanges: (listener: (operationId: string) => void, onListening: () => void) => notifications.subscribe('memplane_operation', listener, onListening) } : {}),
+    });
   }
 
   static create(config: AppConfig, urls: { databaseUrl: string; redisUrl: string }): Runtime {
     const db = new Database({ url: urls.databaseUrl });
     const redis = new Redis(urls.redisUrl, { lazyConnect: false, maxRetriesPerRequest: 1, enableOfflineQueue: false });
     redis.on('error', () => undefined); // readiness reports it; do not crash on a Redis blip
-    return new Runtime(config, db, redis);
+    return new Runtime(config, db, redis, new PgNotifications(urls.databaseUrl));
   }
 
   async readiness(): Promise<{ postgres: string; redis: string; ready: boolean }> {
@@ -52,6 +56,7 @@ export class Runtime {
   }
 
   async close(): Promise<void> {
+    await this.notifications?.close();
     this.redis.disconnect();
     await this.db.close();
   }

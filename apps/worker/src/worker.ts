@@ -1,12 +1,13 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { DelayedError, Queue, Worker, type Job } from 'bullmq';
-import { Client } from 'pg';
+import { Queue, Worker, type Job } from 'bullmq';
 import { DriftMonitor, EngineStore, OperationExecutor, type ExecutorConfig } from '#application';
 import { LocalHypervisorDriver, type HypervisorDriver } from '#hypervisor';
-import { Database } from '#persistence';
+import { Database, PgNotifications } from '#persistence';
 import { projectRoot, type AppConfig } from '#platform';
 import { startIntake } from './intake';
+import { OutboxDispatcher } from './outbox-dispatcher';
+import { VmLocks } from './vm-locks';
 import { EXECUTE_OPERATION, OPERATIONS_QUEUE, operationJobId, redisConnection, type ExecuteOperationJob } from '#queue';
 
 export interface WorkerOptions {
@@ -17,7 +18,7 @@ export interface WorkerOptions {
   concurrency?: number;
   /** BullMQ key prefix (tests isolate themselves with it). */
   prefix?: string;
-  /** How often the outbox is read; the API also enqueues right after commit. */
+  /** How often the outbox is read besides when Postgres notifies a new operation (default 1 s). */
   dispatchIntervalMs?: number;
   sweepIntervalMs?: number;
   /** How often idle running VMs are checked for drift (DriftMonitor); 0 = never. Default 30 s. */
@@ -74,25 +75,9 @@ export function cachedGuestImages(root: string): ExecutorConfig['bootImage'] {
   };
 }
 
-/**
- * Operations on one VM never overlap, across worker processes: a job holds a Postgres
- * session advisory lock on its VM while it runs. A worker that dies drops its connection and
- * with it the lock, so another worker can take the VM over at once.
- */
-async function lockVm(databaseUrl: string, vmId: string): Promise<(() => Promise<void>) | undefined> {
-  const client = new Client({ connectionString: databaseUrl });
-  client.on('error', () => undefined);
-  await client.connect();
-  const r = await client.query<{ ok: boolean }>(`select pg_try_advisory_lock(hashtextextended($1, 727276)) as ok`, [vmId]);
-  if (!r.rows[0]?.ok) {
-    await client.end();
-    return undefined;
-  }
-  return async () => {
-    await client.query(`select pg_advisory_unlock(hashtextextended($1, 727276))`, [vmId]).catch(() => undefined);
-    await client.end().catch(() => undefined);
-  };
-}
+/** How long one job may keep running one VM's operations before it lets other VMs' jobs have the slot. */
+const TURN_MS = 10_000;
+const TURN_OPERATIONS = 100;
 
 export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   const log = opts.log ?? (() => undefined);
@@ -107,29 +92,35 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   const enqueueOptions = { attempts: 6, backoff: { type: 'exponential' as const, delay: 500 }, removeOnComplete: 1000, removeOnFail: 1000 };
 
   /**
-   * Operations on one VM run in order, one at a time. Only the VM's oldest unfinished
-   * operation runs; a job for a later one ends at once, and whoever finishes the head
-   * enqueues the next (the sweeper backs that up). Workers never spin on a busy VM.
+   * Operations on one VM run in order, one at a time, across worker processes: a job says
+   * "this VM has work". Whoever gets the VM's lock runs its operations oldest first until
+   * none is left (or its turn is up); a job that finds the VM locked ends at once, because
+   * the holder will run that work too. After letting go, the holder looks once more and
+   * re-queues the VM if an operation arrived meanwhile (the sweeper backs that up).
    */
-  const processor = async (job: Job<ExecuteOperationJob>, token?: string) => {
-    const { operationId, vmId } = job.data;
-    const head = await store.headOperation(vmId);
-    if (head !== operationId) return { operationId, deferredTo: head ?? null };
-    const unlock = await lockVm(opts.databaseUrl, vmId);
-    if (!unlock) {
-      // Another worker still holds the VM (it is finishing this very operation's previous attempt).
-      await job.moveToDelayed(Date.now() + 50, token);
-      throw new DelayedError();
-    }
-    let state: string | undefined;
+  const locks = new VmLocks(opts.databaseUrl, (opts.concurrency ?? 4) + 3); // + the drift check's
+  let stopping = false;
+  const processor = async (job: Job<ExecuteOperationJob>) => {
+    const { vmId } = job.data;
+    const unlock = await locks.tryLock(vmId);
+    if (!unlock) return { vmId, ran: [], busy: true };
+    const ran: { operationId: string; state: string }[] = [];
+    const turnEnds = Date.now() + TURN_MS;
+    let retryLater = false;
     try {
-      state = await executor.execute(operationId);
-      return { operationId, state };
+      let count = 0;
+      ran.push(...(await executor.executeHead(vmId, () => !stopping && ++count < TURN_OPERATIONS && Date.now() < turnEnds)));
+      return { vmId, ran };
+    } catch (e) {
+      // The job is retried with backoff (after a transient failure the operation is PENDING again).
+      retryLater = true;
+      throw e;
     } finally {
       await unlock();
-      if (state) {
+      if (!retryLater) {
         const next = await store.headOperation(vmId).catch(() => undefined);
-        if (next) await queue.add(EXECUTE_OPERATION, { operationId: next, vmId }, { ...enqueueOptions, jobId: `${operationJobId(next)}-after-${operationId}` }).catch(() => undefined);
+        const after = ran[ran.length - 1]?.operationId ?? job.id;
+        if (next) await queue.add(EXECUTE_OPERATION, { operationId: next, vmId }, { ...enqueueOptions, jobId: `${operationJobId(next)}-after-${after}` }).catch(() => undefined);
       }
     }
   };
@@ -151,16 +142,17 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
 
   const enqueue = (operationId: string, vmId: string) => queue.add(EXECUTE_OPERATION, { operationId, vmId }, { ...enqueueOptions, jobId: operationJobId(operationId) });
 
-  let stopping = false;
   // Outbox → queue. Deterministic job ids make a re-send harmless.
-  const dispatch = async () => {
-    const rows = await store.pendingOutbox(200);
-    for (const r of rows) {
-      const vmId = await store.vmIdOf(r.payload.operation);
-      if (vmId) await enqueue(r.payload.operation, vmId);
-    }
-    await store.markDispatched(rows.map((r) => r.id));
-  };
+  const notifications = new PgNotifications(opts.databaseUrl);
+  const dispatcher = new OutboxDispatcher({
+    notifications,
+    store,
+    intervalMs: opts.dispatchIntervalMs ?? 1_000,
+    log,
+    wake: async (vms) => {
+      await queue.addBulk(vms.map(({ vmId, operationId }) => ({ name: EXECUTE_OPERATION, data: { operationId, vmId }, opts: { ...enqueueOptions, jobId: operationJobId(operationId) } })));
+    },
+  });
   // Re-drive anything stuck: a job lost with Redis, or one that ended in BullMQ without ending in Postgres.
   const sweep = async () => {
     for (const op of await store.unfinishedOperations(opts.stuckAfterMs ?? 30_000)) {
@@ -182,7 +174,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     timers.push(setTimeout(tick, 0));
   };
   const timers: NodeJS.Timeout[] = [];
-  loop(dispatch, opts.dispatchIntervalMs ?? 20);
+  dispatcher.start();
   loop(sweep, opts.sweepIntervalMs ?? 5_000);
   // The sweeper also reports drift of running VMs no operation is changing (it never repairs: see DriftMonitor).
   const driftMs = opts.driftCheckIntervalMs ?? 30_000;
@@ -190,7 +182,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     worker && driftMs > 0
       ? new DriftMonitor(store, driver, {
           observe: (vmId) => executor.observe(vmId),
-          lockVm: (vmId) => lockVm(opts.databaseUrl, vmId),
+          lockVm: (vmId) => locks.tryLock(vmId),
           recheckAfterMs: driftMs / 2,
           log,
         })
@@ -211,7 +203,10 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       stopping = true;
       for (const t of timers) clearTimeout(t);
       await drift?.stop();
+      await dispatcher.stop();
+      await notifications.close();
       await worker?.close();
+      await locks.close();
       await intake?.close();
       await queue.close();
       await db.close();

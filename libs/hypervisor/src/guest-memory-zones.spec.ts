@@ -104,8 +104,43 @@ describe('guest memory zones (shell protocol)', () => {
 
   it('a script the guest had to kill is a DEADLINE_EXCEEDED, not a hang', async () => {
     for (const agent of [fakeAgent('', undefined, 9), fakeAgent('', 137)]) {
-      await assert.rejects(readBlockZones(agent, [1]), (e: unknown) => e instanceof DomainError && e.code === 'DEADLINE_EXCEEDED' && e.reason === 'GUEST_EXEC_TIMEOUT');
+      await assert.rejects(readBlockZones(agent, [1, 2, 3]), (e: unknown) => e instanceof DomainError && e.code === 'DEADLINE_EXCEEDED' && e.reason === 'GUEST_EXEC_TIMEOUT');
     }
+  });
+
+  it('reads one or two blocks file by file, a missing block as absent, and falls back to guest-exec when files are refused', async () => {
+    const files: Record<string, string> = {
+      '/sys/devices/system/memory/memory1/state': 'online\n',
+      '/sys/devices/system/memory/memory1/valid_zones': 'DMA32\n',
+      '/sys/devices/system/memory/memory32/state': 'offline\n',
+      '/sys/devices/system/memory/memory32/valid_zones': 'Normal Movable\n',
+    };
+    const reads: string[] = [];
+    const qga = {
+      ...fakeAgent('never run'),
+      async readFile(path: string): Promise<Buffer> {
+        reads.push(path);
+        const body = files[path];
+        if (body === undefined) throw new DomainError('FAILED_PRECONDITION', 'QGA_GENERIC_ERROR', `guest-file-open: failed to open file '${path}' (mode: 'r'): No such file or directory`);
+        return Buffer.from(body);
+      },
+    };
+    assert.deepEqual(await readBlockZones(qga, [1, 7]), [
+      { physIndex: 1, present: true, online: true, state: 'online', zone: 'DMA32' },
+      { physIndex: 7, present: false, online: false },
+    ]);
+    assert.deepEqual(await readBlockZones(qga, [32]), [{ physIndex: 32, present: true, online: false, state: 'offline', validZones: ['Normal', 'Movable'] }]);
+    assert.equal(qga.calls.length, 0);
+    assert.equal(reads.length, 5);
+
+    const refused = {
+      ...fakeAgent('1|present|online|Movable\n'),
+      async readFile(): Promise<Buffer> {
+        throw new DomainError('FAILED_PRECONDITION', 'QGA_GENERIC_ERROR', 'The command guest-file-open has been disabled for this instance');
+      },
+    };
+    assert.deepEqual(await readBlockZones(refused, [1]), [{ physIndex: 1, present: true, online: true, state: 'online', zone: 'Movable' }]);
+    assert.equal(refused.calls.length, 1);
   });
 
   it('fails loudly when the guest script fails or skips a block', async () => {

@@ -172,7 +172,10 @@ export class QgaClient implements QgaChannel {
       ...(opts.env ? { env: opts.env } : {}),
       ...(opts.input !== undefined ? { 'input-data': Buffer.from(opts.input).toString('base64') } : {}),
     });
-    for (let delayMs = 20; ; delayMs = Math.min(delayMs * 2, 250)) {
+    // Short programs (a sysfs write or read) end within tens of milliseconds: ask often at
+    // first, then every 20 ms (each status is one agent round trip, about a millisecond, so
+    // a longer pause would mostly add to how late the end is seen).
+    for (let delayMs = 4; ; delayMs = Math.min(Math.ceil(delayMs * 1.5), 20)) {
       const st = await this.execute<{
         exited: boolean;
         exitcode?: number;

@@ -12,3 +12,5 @@ export * from './operation.repository';
 export * from './sql';
 export * from './mutation-log.repository';
 export * from './group-change.repository';
+export * from './engine.repository';
+export * from './notifications';

@@ -71,7 +71,8 @@ export interface GroupRow {
   op_state: string | null;
 }
 
-function toRecord(r: GroupRow): MemoryGroupRecord {
+/** A row as selected by GROUP_SELECT, or the same as JSON (timestamps as strings). */
+export function groupRowToRecord(r: GroupRow): MemoryGroupRecord {
   return {
     uid: r.id,
     vmId: r.vm_id,
@@ -112,7 +113,7 @@ function toRecord(r: GroupRow): MemoryGroupRecord {
   };
 }
 
-const SELECT = `select g.id, g.vm_id, g.name, g.pool_id, p.name as pool, p.host_node_id as pool_host_node_id, p.state::text as pool_state,
+export const GROUP_SELECT = `select g.id, g.vm_id, g.name, g.pool_id, p.name as pool, p.host_node_id as pool_host_node_id, p.state::text as pool_state,
   p.memory_type::text as pool_memory_type, p.cpu_addressable as pool_cpu_addressable, p.dax_device_path as pool_dax_device_path,
   p.capacity_bytes as pool_capacity_bytes, p.granule_bytes as pool_granule_bytes, g.kind::text as kind, g.size_bytes, g.max_size_bytes,
   g.block_size_bytes, g.requested_bytes, g.online_type::text as online_type, g.guest_node_id, g.desired_state::text as desired_state, g.held_bytes,
@@ -142,7 +143,7 @@ export interface LockedVmJson {
 }
 
 export function lockedVmFromJson(r: LockedVmJson): { vm: VmRecord; groups: MemoryGroupRecord[] } {
-  return { vm: vmRowToRecord(r.vm), groups: r.groups.map(toRecord) };
+  return { vm: vmRowToRecord(r.vm), groups: r.groups.map(groupRowToRecord) };
 }
 
 export class MemoryGroupRepository {
@@ -161,8 +162,8 @@ export class MemoryGroupRepository {
 
   /** Every group of a VM in creation (plug) order. Call with the VM row locked for a consistent set. */
   async listForVm(sql: Sql, vmId: string): Promise<MemoryGroupRecord[]> {
-    const rows = await sql.query<GroupRow>(`${SELECT} where g.vm_id = $1::uuid order by g.created_at, g.id`, [vmId]);
-    return rows.map(toRecord);
+    const rows = await sql.query<GroupRow>(`${GROUP_SELECT} where g.vm_id = $1::uuid order by g.created_at, g.id`, [vmId]);
+    return rows.map(groupRowToRecord);
   }
 
   /** A new group under its VM's lock, holding `heldBytes` (its extents are the ledger's to write). */

@@ -17,7 +17,7 @@ export interface OperationRecord extends Operation {
   seq: string;
 }
 
-interface OpRow {
+export interface OpRow {
   id: string;
   seq: string;
   vm_id: string;
@@ -33,13 +33,14 @@ interface OpRow {
   rollback: OperationRollback;
   request_id: string | null;
   principal: string;
-  created_at: Date;
-  updated_at: Date;
-  started_at: Date | null;
-  ended_at: Date | null;
+  created_at: Date | string;
+  updated_at: Date | string;
+  started_at: Date | string | null;
+  ended_at: Date | string | null;
 }
 
-function toRecord(r: OpRow): OperationRecord {
+/** A row as selected here, or the same as JSON (timestamps as strings). */
+export function operationRowToRecord(r: OpRow): OperationRecord {
   return {
     name: r.id,
     seq: String(r.seq),
@@ -56,10 +57,10 @@ function toRecord(r: OpRow): OperationRecord {
     rollback: r.rollback,
     ...(r.request_id ? { requestId: r.request_id } : {}),
     principal: r.principal,
-    createTime: r.created_at,
-    updateTime: r.updated_at,
-    ...(r.started_at ? { startTime: r.started_at } : {}),
-    ...(r.ended_at ? { endTime: r.ended_at } : {}),
+    createTime: new Date(r.created_at),
+    updateTime: new Date(r.updated_at),
+    ...(r.started_at ? { startTime: new Date(r.started_at) } : {}),
+    ...(r.ended_at ? { endTime: new Date(r.ended_at) } : {}),
   };
 }
 
@@ -98,13 +99,13 @@ export class OperationRepository {
        from op`,
       [op.vmId, op.groupId ?? null, op.groupName ?? null, op.kind, JSON.stringify(op.steps), JSON.stringify(op.rollback), op.requestId ?? null, op.principal, topic, op.vm],
     );
-    return toRecord(rows[0]!);
+    return operationRowToRecord(rows[0]!);
   }
 
   async find(sql: Sql, name: string): Promise<OperationRecord | undefined> {
     if (!UUID.test(name)) return undefined;
     const rows = await sql.query<OpRow>(`${SELECT} where o.id = $1::uuid`, [name]);
-    return rows[0] ? toRecord(rows[0]) : undefined;
+    return rows[0] ? operationRowToRecord(rows[0]) : undefined;
   }
 
   async get(sql: Sql, name: string): Promise<OperationRecord> {
@@ -117,7 +118,7 @@ export class OperationRepository {
   async lock(sql: Sql, name: string): Promise<OperationRecord> {
     const rows = await sql.query<OpRow>(`${SELECT} where o.id = $1::uuid for update of o`, [name]);
     if (!rows[0]) throw DomainError.notFound('operation', name);
-    return toRecord(rows[0]);
+    return operationRowToRecord(rows[0]);
   }
 
   /** Newest first; `after` is the seq of the last operation of the previous page. */
@@ -145,7 +146,7 @@ export class OperationRepository {
       sql.query<OpRow>(`${SELECT} ${pageFilter} order by o.seq desc limit $${pageArgs.length}`, pageArgs),
       sql.query<{ n: string }>(`select count(*) as n from operations o join vms v on v.id = o.vm_id ${filter}`, args),
     ]);
-    return { items: rows.map(toRecord), total: Number(count[0]?.n ?? 0) };
+    return { items: rows.map(operationRowToRecord), total: Number(count[0]?.n ?? 0) };
   }
 
   /** Moves an operation to `state`; terminal states record their end time. */

@@ -1,34 +1,11 @@
-import { holdingBytes, type GroupObservedState, type Host, type OperationError, type OperationStep, type Pool } from '#domain';
-import {
-  Database,
-  HostRepository,
-  MemoryGroupRepository,
-  OperationRepository,
-  PoolRepository,
-  VmRepository,
-  type MemoryGroupRecord,
-  type OperationRecord,
-  type Sql,
-  type VmRecord,
-} from '#persistence';
+import { holdingBytes, type GroupObservedState, type OperationError, type OperationStep } from '#domain';
+import { Database, EngineRepository, MemoryGroupRepository, VmRepository, type ClaimedOperation, type MemoryGroupRecord, type OperationEnd, type Sql, type VmContext, type VmRecord, type VmRuntime } from '#persistence';
 import { PoolLedger } from '../pool-ledger';
 
-/** Where a running VM's QEMU can be found again, by any worker (Postgres is the source of truth). */
-export interface VmRuntime {
-  pid: number;
-  qmpSocketPath: string;
-  qgaSocketPath: string;
-  runtimeDir: string;
-}
+export type { VmRuntime };
 
-export interface EngineContext {
-  op: OperationRecord;
-  vm: VmRecord;
-  runtime?: VmRuntime;
-  host: Host;
-  pools: Pool[];
-  groups: MemoryGroupRecord[];
-}
+/** What one run of an operation starts from: the claimed operation, its VM, groups and host. */
+export type EngineContext = Pick<ClaimedOperation, 'op' | 'cancelRequested' | 'contextKey'> & VmContext;
 
 export interface GroupObservation {
   state: GroupObservedState;
@@ -42,28 +19,22 @@ export interface GroupObservation {
  * engine never holds a database lock while it talks to QEMU.
  */
 export class EngineStore {
-  private readonly vms = new VmRepository();
   private readonly groups = new MemoryGroupRepository();
-  private readonly operations = new OperationRepository();
-  private readonly hosts = new HostRepository();
-  private readonly pools = new PoolRepository();
+  private readonly vms = new VmRepository();
+  private readonly engine = new EngineRepository();
   private readonly ledger = new PoolLedger();
 
   constructor(readonly db: Database) {}
 
-  async load(operationId: string): Promise<EngineContext | undefined> {
-    const sql = this.db.sql;
-    const op = await this.operations.find(sql, operationId);
-    if (!op) return undefined;
-    const vm = await this.vms.getById(sql, op.vmId);
-    const groups = await this.groups.listForVm(sql, vm.uid);
-    const host = await this.hosts.get(this.db.prisma, vm.host);
-    const poolNames = [...new Set(groups.map((g) => g.pool))];
-    const pools = await Promise.all(poolNames.map((p) => this.pools.get(this.db.prisma, p)));
-    const runtime = await this.runtime(vm.uid);
-    return { op, vm, host, pools, groups, ...(runtime ? { runtime } : {}) };
+  /**
+   * The VM's oldest unfinished operation, marked RUNNING, with what its run reads (one round
+   * trip). The VM context comes back unless it still has `knownContextKey`.
+   */
+  async claimHead(vmId: string, knownContextKey?: string): Promise<ClaimedOperation | undefined> {
+    return this.engine.claimHead(this.db.sql, vmId, knownContextKey);
   }
 
+  /** Where the VM's QEMU runs, as last recorded (the drift check attaches to it). */
   async runtime(vmId: string): Promise<VmRuntime | undefined> {
     const rows = await this.db.sql.query<{ qemu_pid: number | null; qmp_socket_path: string | null; qga_socket_path: string | null; runtime_dir: string | null }>(
       `select qemu_pid, qmp_socket_path, qga_socket_path, runtime_dir from vms where id = $1::uuid`,
@@ -83,16 +54,9 @@ export class EngineStore {
     return rows[0]?.id;
   }
 
-  async markRunning(op: OperationRecord): Promise<void> {
-    await this.operations.setState(this.db.sql, op.name, 'RUNNING');
-  }
-
-  async recordSteps(operationId: string, steps: OperationStep[], progressPercent: number): Promise<void> {
-    await this.db.sql.query(`update operations set steps = $2::jsonb, progress_percent = $3, updated_at = now() where id = $1::uuid`, [
-      operationId,
-      JSON.stringify(steps),
-      progressPercent,
-    ]);
+  /** Records the steps done so far; true when a cancel was asked for meanwhile. */
+  async recordSteps(operationId: string, steps: OperationStep[], progressPercent: number): Promise<boolean> {
+    return this.engine.recordSteps(this.db.sql, operationId, steps, progressPercent);
   }
 
   async cancelRequested(operationId: string): Promise<boolean> {
@@ -100,21 +64,20 @@ export class EngineStore {
     return rows[0]?.cancel_requested ?? false;
   }
 
-  async finish(operationId: string, state: 'SUCCEEDED' | 'FAILED' | 'CANCELLED', error?: OperationError): Promise<void> {
-    await this.db.sql.query(
-      `update operations set state = $2::"OperationState", error = $3::jsonb, ended_at = now(), updated_at = now(),
-         progress_percent = case when $2 = 'SUCCEEDED' then 100 else progress_percent end
-       where id = $1::uuid and state in ('PENDING', 'RUNNING')`,
-      [operationId, state, error ? JSON.stringify(error) : null],
-    );
+  /**
+   * Writes an operation's end (with its group's observation and the VM's devices) and, with
+   * `claimNext`, claims the VM's next operation, in one statement.
+   */
+  async endAndClaim(vmId: string, end: OperationEnd, claimNext: boolean, knownContextKey?: string): Promise<{ ended: boolean; next?: ClaimedOperation }> {
+    return this.engine.endAndClaim(this.db.sql, vmId, end, { claimNext, knownContextKey });
   }
 
   /** Back to PENDING for a retry after a transient failure. */
-  async requeue(operationId: string, error: OperationError): Promise<void> {
-    await this.db.sql.query(`update operations set state = 'PENDING', error = $2::jsonb, updated_at = now() where id = $1::uuid and state = 'RUNNING'`, [
-      operationId,
-      JSON.stringify(error),
-    ]);
+  async requeue(operationId: string, error: OperationError, steps: { steps: OperationStep[]; progressPercent: number }): Promise<void> {
+    await this.db.sql.query(
+      `update operations set state = 'PENDING', error = $2::jsonb, steps = $3::jsonb, progress_percent = $4, updated_at = now() where id = $1::uuid and state = 'RUNNING'`,
+      [operationId, JSON.stringify(error), JSON.stringify(steps.steps), steps.progressPercent],
+    );
   }
 
   async setVmRunning(vmId: string, runtime: VmRuntime): Promise<void> {
@@ -153,17 +116,46 @@ export class EngineStore {
   }
 
   /**
-   * The group left the guest (or, for a cancelled plug, never arrived): its extents return
-   * to the pool and the group row goes, in one transaction.
+   * The group left the guest: its extents return to the pool, the group row goes, the VM's
+   * devices are recorded and the operation ends SUCCEEDED, in one transaction.
    */
-  async completeUnplug(vm: VmRecord, group: MemoryGroupRecord): Promise<void> {
+  async completeUnplug(vm: VmRecord, group: MemoryGroupRecord, operationId: string, devices: unknown[], steps: OperationStep[]): Promise<void> {
+    await this.db.sqlTransaction(async (sql) => {
+      await this.removeGroup(sql, vm, group);
+      await sql.query(
+        `with v as (update vms set observed_devices = $3::jsonb, observed_at = now() where id = $2::uuid)
+         update operations set state = 'SUCCEEDED', error = null, ended_at = now(), updated_at = now(), progress_percent = 100, steps = $4::jsonb
+         where id = $1::uuid and state in ('PENDING', 'RUNNING')`,
+        [operationId, vm.uid, JSON.stringify(devices), JSON.stringify(steps)],
+      );
+    });
+  }
+
+  /** A cancelled plug: what it made is gone from QEMU, and the group goes with its extents, as cancelling a pending plug does. */
+  async dropGroup(vm: VmRecord, group: MemoryGroupRecord): Promise<void> {
+    await this.db.sqlTransaction((sql) => this.removeGroup(sql, vm, group));
+  }
+
+  private async removeGroup(sql: Sql, vm: VmRecord, group: MemoryGroupRecord): Promise<void> {
+    const { groups } = await this.groups.lockVm(sql, vm.name);
+    const g = groups.find((x) => x.uid === group.uid);
+    if (g && g.heldBytes === 0) await this.groups.delete(sql, g.uid);
+    else if (g) {
+      const step = await this.ledger.plan(sql, g.poolFacts, { uid: g.uid, label: `${vm.name}/${g.name}`, heldBytes: g.heldBytes }, 0, 'release');
+      await step.write({ deleteGroup: true });
+    }
+  }
+
+  /**
+   * A virtio-mem shrink that completed: the capacity it no longer needs goes back to the pool
+   * (a running shrink keeps its extents until the guest has given the memory back).
+   */
+  async releaseShrunk(vm: VmRecord, group: MemoryGroupRecord, requestedBytes: number): Promise<void> {
     await this.db.sqlTransaction(async (sql) => {
       const { groups } = await this.groups.lockVm(sql, vm.name);
       const g = groups.find((x) => x.uid === group.uid);
-      if (!g) return;
-      if (g.heldBytes === 0) return this.groups.delete(sql, g.uid);
-      const step = await this.ledger.plan(sql, g.poolFacts, { uid: g.uid, label: `${vm.name}/${g.name}`, heldBytes: g.heldBytes }, 0, 'release');
-      await step.write({ deleteGroup: true });
+      if (!g || g.requestedBytes !== requestedBytes || g.heldBytes <= holdingBytes(requestedBytes, g.poolFacts.granuleBytes)) return;
+      await this.ledger.set(sql, g.poolFacts, { uid: g.uid, label: `${vm.name}/${g.name}`, heldBytes: g.heldBytes }, requestedBytes, 'resize');
     });
   }
 
@@ -184,24 +176,14 @@ export class EngineStore {
     });
   }
 
-  /** The guest refused to give memory back: the group is PRESENT and PLUGGED again, holding what it held. */
-  async restorePresent(groupId: string): Promise<void> {
-    await this.db.sql.query(
-      `update memory_groups set desired_state = 'PRESENT', state = 'PLUGGED', version = version + 1, updated_at = now() where id = $1::uuid`,
-      [groupId],
-    );
-  }
-
   /**
-   * A virtio-mem shrink that completed: the capacity it no longer needs goes back to the pool
-   * (a running shrink keeps its extents until the guest has given the memory back).
+   * The guest refused to give memory back: the group is PRESENT and PLUGGED again, holding
+   * what it held. The VM row is locked first, as every change to a VM's groups does.
    */
-  async releaseShrunk(vm: VmRecord, group: MemoryGroupRecord, requestedBytes: number): Promise<void> {
+  async restorePresent(vm: VmRecord, groupId: string): Promise<void> {
     await this.db.sqlTransaction(async (sql) => {
-      const { groups } = await this.groups.lockVm(sql, vm.name);
-      const g = groups.find((x) => x.uid === group.uid);
-      if (!g || g.requestedBytes !== requestedBytes || g.heldBytes <= holdingBytes(requestedBytes, g.poolFacts.granuleBytes)) return;
-      await this.ledger.set(sql, g.poolFacts, { uid: g.uid, label: `${vm.name}/${g.name}`, heldBytes: g.heldBytes }, requestedBytes, 'resize');
+      await this.groups.lockVm(sql, vm.name);
+      await sql.query(`update memory_groups set desired_state = 'PRESENT', state = 'PLUGGED', version = version + 1, updated_at = now() where id = $1::uuid`, [groupId]);
     });
   }
 
@@ -227,19 +209,21 @@ export class EngineStore {
     );
   }
 
-  /** Outbox rows not yet handed to the queue. */
-  async pendingOutbox(limit: number): Promise<{ id: string; payload: { operation: string; vm: string } }[]> {
-    const rows = await this.operations.pendingMessages(this.db.sql, limit);
-    return rows.map((r) => ({ id: r.id, payload: r.payload as unknown as { operation: string; vm: string } }));
+  /**
+   * Outbox rows not yet handed to the queue, with the VM of each operation (null when the
+   * operation is gone: nothing to run, the row is only marked).
+   */
+  async pendingOutbox(limit: number): Promise<{ id: string; operationId: string; vmId: string | null }[]> {
+    return this.db.sql.query<{ id: string; operationId: string; vmId: string | null }>(
+      `select b.id::text as id, b.payload->>'operation' as "operationId", o.vm_id as "vmId"
+       from outbox b left join operations o on o.id = (b.payload->>'operation')::uuid
+       where b.dispatched_at is null order by b.id limit $1`,
+      [limit],
+    );
   }
 
   async markDispatched(ids: string[]): Promise<void> {
     if (ids.length) await this.db.sql.query(`update outbox set dispatched_at = now() where id = any($1::bigint[])`, [ids]);
-  }
-
-  async vmIdOf(operationId: string): Promise<string | undefined> {
-    const rows = await this.db.sql.query<{ vm_id: string }>(`select vm_id from operations where id = $1::uuid`, [operationId]);
-    return rows[0]?.vm_id;
   }
 
   sql(): Sql {

@@ -8,7 +8,6 @@ import {
   memoryDeviceHotplugCommands,
   memoryDeviceIds,
   nextHotplugStep,
-  progressOf,
   renderQemuArgv,
   topologyInputFromResources,
   zoneMismatches,
@@ -16,13 +15,15 @@ import {
   type HotplugStep,
   type ObservedVmMemory,
   type OperationError,
-  type OperationStep,
   type Topology,
   zoneRequestFor,
 } from '#domain';
-import type { HypervisorDriver } from '#hypervisor';
+import type { GuestMemoryBlockResponse, HypervisorDriver, MemoryDevice } from '#hypervisor';
 import type { MemoryGroupRecord } from '#persistence';
+import type { ClaimedOperation, OperationEnd, VmContext } from '#persistence';
 import type { EngineContext, EngineStore } from './engine-store';
+import { RunObservation } from './run-observation';
+import { StepRecorder } from './step-recorder';
 
 export interface GuestBootImage {
   kernel: string;
@@ -50,6 +51,10 @@ export interface ExecutorConfig {
    */
   shrinkStallMs?: number;
   bootTimeoutMs: number;
+  /** While waiting for QEMU or the guest to move, how often what is awaited is re-read (default 10 ms). */
+  pollIntervalMs?: number;
+  /** A running operation's steps and progress are written at most this often (default 25 ms); its end always. */
+  progressIntervalMs?: number;
   log?: (line: string) => void;
 }
 
@@ -73,21 +78,48 @@ function isTransient(e: unknown): boolean {
  * rework (QEMU patch "virtio-mem-pci: Device unplug support", 2023; the release is unverified).
  */
 const VIRTIO_MEM_UNPLUG_SINCE: readonly [number, number] = [8, 1];
+/** While waiting, Postgres is asked for a cancel at most this often. */
+const CANCEL_CHECK_MS = 100;
 
 function opError(e: unknown): OperationError {
   if (isDomainError(e)) return { code: e.code, reason: e.reason, message: e.message };
   return { code: 'INTERNAL', reason: 'INTERNAL', message: (e as Error)?.message ?? String(e) };
 }
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export type OperationOutcome = 'SUCCEEDED' | 'FAILED' | 'CANCELLED';
+
+/** One execution of one operation: its steps, and what its end writes. */
+interface Run {
+  ctx: EngineContext;
+  steps: StepRecorder;
+  /** Asks Postgres whether a cancel was asked for (while waiting, when no step is written). */
+  checkCancel(): Promise<void>;
+  /** Written with the end state, in the same statement: the group's observation, the VM's devices. */
+  end: Pick<OperationEnd, 'group' | 'devices'>;
+  /** The end state is written already (an unplug ends in the transaction that releases its capacity). */
+  ended: boolean;
+}
+
 /**
- * Executes one Operation as a level-triggered reconciler: before every step it re-reads
- * desired state (Postgres) and observed state (QMP query-memory-devices, qom-list, the
- * guest agent's memory blocks), takes the one next idempotent step, records it on the
- * Operation, and repeats until desired == observed. Crash-safe because it never relies on
- * what it did before: a second worker running the same operation after a SIGKILL starts
- * from what QEMU shows.
+ * Executes operations as a level-triggered reconciler. Each run re-reads desired state from
+ * Postgres (one statement that also claims the operation) and observes QEMU (QMP
+ * query-memory-devices, qom-list) and the guest (the agent's memory blocks) when it starts;
+ * then it takes one idempotent step at a time, learning from each step's own answer what
+ * changed, and re-reading QEMU or the guest only where they move on their own (blocks
+ * appearing, virtio-mem converging), until desired == observed. Crash-safe because nothing
+ * outlives a run: a second worker running the same operation after a SIGKILL starts from
+ * what QEMU and the guest show.
  */
 export class OperationExecutor {
+  /** Compiled topologies per VM, keyed by the versions of what they are compiled from. */
+  private readonly topologies = new Map<string, { key: string; topology: Topology }>();
+  /** Each VM's context as last read, with the versions it was read at. */
+  private readonly contexts = new Map<string, { key: string; context: VmContext }>();
+  /** The guest's memory block size per VM and QEMU process (it cannot change while the guest runs). */
+  private readonly blockSizes = new Map<string, { pid: number | undefined; bytes: Promise<number> }>();
+
   constructor(
     private readonly store: EngineStore,
     private readonly driver: HypervisorDriver,
@@ -98,53 +130,130 @@ export class OperationExecutor {
     this.config.log?.(line);
   }
 
-  /** Runs the operation to an end state; throws TransientError to be retried later. */
-  async execute(operationId: string): Promise<'SUCCEEDED' | 'FAILED' | 'CANCELLED' | 'SKIPPED'> {
-    const ctx = await this.store.load(operationId);
-    if (!ctx || !['PENDING', 'RUNNING'].includes(ctx.op.state)) return 'SKIPPED';
-    await this.store.markRunning(ctx.op);
-    const steps: OperationStep[] = ctx.op.steps.map((s) => ({ ...s }));
-    const record = async (name: string) => {
-      const existing = steps.find((s) => s.name === name && s.state === 'PENDING');
-      if (existing) existing.state = 'DONE';
-      else steps.push({ name, state: 'DONE' });
-      await this.store.recordSteps(ctx.op.name, steps, progressOf(steps));
+  private get pollMs(): number {
+    return this.config.pollIntervalMs ?? 10;
+  }
+
+  /**
+   * Runs the VM's unfinished operations, oldest first, each to an end state, for as long as
+   * `more()` (asked after each) says so; an operation's end is written in the same statement
+   * that claims the next one. Throws TransientError when the operation under way should be
+   * retried later (it is PENDING again). The caller holds the VM's lock.
+   */
+  async executeHead(vmId: string, more: () => boolean = () => false): Promise<{ operationId: string; state: OperationOutcome }[]> {
+    const done: { operationId: string; state: OperationOutcome }[] = [];
+    let known = this.contexts.get(vmId);
+    let claimed = await this.store.claimHead(vmId, known?.key);
+    while (claimed) {
+      const ctx = this.contextOf(vmId, claimed, known);
+      const { state, end } = await this.run(ctx);
+      done.push({ operationId: ctx.op.name, state });
+      const next = more();
+      known = this.contexts.get(vmId);
+      if (end) claimed = (await this.store.endAndClaim(vmId, end, next, known?.key)).next;
+      else claimed = next ? await this.store.claimHead(vmId, known?.key) : undefined;
+    }
+    return done;
+  }
+
+  /**
+   * The run's context: as claimed, or as this worker read it before when the VM's, its
+   * host's and its groups' versions are unchanged (then only the operation's own group is
+   * fresh: it also carries observed state).
+   */
+  private contextOf(vmId: string, claimed: ClaimedOperation, known: { key: string; context: VmContext } | undefined): EngineContext {
+    let context = claimed.context;
+    if (!context) {
+      if (!known || known.key !== claimed.contextKey) throw new Error(`unreachable: no context for VM ${vmId} under key ${claimed.contextKey}`);
+      const group = claimed.group;
+      context = group ? { ...known.context, groups: known.context.groups.map((g) => (g.uid === group.uid ? group : g)) } : known.context;
+    }
+    this.contexts.delete(vmId);
+    this.contexts.set(vmId, { key: claimed.contextKey, context });
+    if (this.contexts.size > 1024) this.contexts.delete(this.contexts.keys().next().value!);
+    return { op: claimed.op, cancelRequested: claimed.cancelRequested, contextKey: claimed.contextKey, ...context };
+  }
+
+  /** One operation to its end: returns the end to write (none when it is written already). Throws TransientError after a requeue. */
+  private async run(ctx: EngineContext): Promise<{ state: OperationOutcome; end?: OperationEnd }> {
+    const recorder = new StepRecorder(
+      (steps, progressPercent) => this.store.recordSteps(ctx.op.name, steps, progressPercent),
+      ctx.op.steps,
+      ctx.cancelRequested,
+      this.config.progressIntervalMs ?? 25,
+    );
+    const run: Run = {
+      ctx,
+      steps: recorder,
+      checkCancel: async () => {
+        if (!recorder.cancelRequested && (await this.store.cancelRequested(ctx.op.name))) recorder.cancelRequested = true;
+      },
+      end: {},
+      ended: false,
     };
+    const operationId = ctx.op.name;
     try {
       switch (ctx.op.kind) {
         case 'START':
-          await this.start(ctx, record);
+          await this.start(run);
           break;
         case 'STOP':
-          await this.stop(ctx, record);
+          await this.stop(run);
           break;
         case 'PLUG':
         case 'RESIZE':
         case 'UNPLUG':
-          await this.group(ctx, record);
+          await this.group(run);
           break;
       }
-      await this.store.finish(ctx.op.name, 'SUCCEEDED');
-      return 'SUCCEEDED';
+      if (run.ended) return { state: 'SUCCEEDED' };
+      await recorder.settle();
+      return { state: 'SUCCEEDED', end: { operationId, state: 'SUCCEEDED', ...run.end, steps: recorder.current() } };
     } catch (e) {
+      await recorder.settle().catch(() => undefined);
       if (e instanceof Cancelled) {
-        await this.store.finish(ctx.op.name, 'CANCELLED', { code: 'CANCELLED', reason: 'OPERATION_CANCELLED', message: e.message });
-        return 'CANCELLED';
+        return { state: 'CANCELLED', end: { operationId, state: 'CANCELLED', error: { code: 'CANCELLED', reason: 'OPERATION_CANCELLED', message: e.message }, steps: recorder.current() } };
       }
       if (isTransient(e)) {
-        await this.store.requeue(ctx.op.name, opError(e));
+        await this.store.requeue(operationId, opError(e), recorder.current());
         throw e instanceof TransientError ? e : new TransientError((e as Error).message);
       }
-      this.log(`operation ${ctx.op.name} (${ctx.op.kind} ${ctx.vm.name}${ctx.op.memoryGroup ? '/' + ctx.op.memoryGroup : ''}) failed: ${(e as Error).message}`);
-      await this.store.finish(ctx.op.name, 'FAILED', opError(e));
-      return 'FAILED';
+      this.log(`operation ${operationId} (${ctx.op.kind} ${ctx.vm.name}${ctx.op.memoryGroup ? '/' + ctx.op.memoryGroup : ''}) failed: ${(e as Error).message}`);
+      return { state: 'FAILED', end: { operationId, state: 'FAILED', error: opError(e), ...run.end, steps: recorder.current() } };
     }
   }
 
   // ---------------------------------------------------------------- VM lifecycle
 
-  private topology(ctx: EngineContext): Topology {
-    return compileTopology(topologyInputFromResources({ host: ctx.host, vm: ctx.vm, pools: ctx.pools, groups: ctx.groups }));
+  /**
+   * The VM's topology, with `presentGroup` counted as present (an unplug's group is still in
+   * the guest). Compiled again only when something it is compiled from changed: the context
+   * key names the VM's, its host's and its groups' versions.
+   */
+  private topology(ctx: EngineContext, presentGroup?: MemoryGroupRecord): Topology {
+    const groups = presentGroup ? ctx.groups.map((x) => (x.uid === presentGroup.uid ? { ...x, desiredState: 'PRESENT' as const } : x)) : ctx.groups;
+    const key = `${ctx.contextKey}|${presentGroup && presentGroup.desiredState !== 'PRESENT' ? presentGroup.uid : ''}`;
+    const hit = this.topologies.get(ctx.vm.uid);
+    if (hit?.key === key) return hit.topology;
+    const pools = new Map(groups.map((g) => [g.pool, { name: g.pool, hostNodeId: g.poolFacts.hostNodeId, memoryType: g.poolFacts.memoryType, ...(g.poolFacts.daxDevicePath ? { daxDevicePath: g.poolFacts.daxDevicePath } : {}) }]));
+    const topology = compileTopology(topologyInputFromResources({ host: ctx.host, vm: ctx.vm, pools: [...pools.values()], groups }));
+    this.topologies.delete(ctx.vm.uid);
+    this.topologies.set(ctx.vm.uid, { key, topology });
+    if (this.topologies.size > 1024) this.topologies.delete(this.topologies.keys().next().value!);
+    return topology;
+  }
+
+  /** The guest's memory block size, asked once per QEMU process. */
+  private blockSize(vmId: string): Promise<number> {
+    const pid = this.driver.status(vmId).pid;
+    const hit = this.blockSizes.get(vmId);
+    if (hit && hit.pid === pid) return hit.bytes;
+    const entry = { pid, bytes: this.driver.guestMemoryBlockSizeBytes(vmId) };
+    entry.bytes.catch(() => {
+      if (this.blockSizes.get(vmId) === entry) this.blockSizes.delete(vmId);
+    });
+    this.blockSizes.set(vmId, entry);
+    return entry.bytes;
   }
 
   private binding(topology: Topology): 'bind' | 'none' {
@@ -171,9 +280,11 @@ export class OperationExecutor {
     });
   }
 
-  private async start(ctx: EngineContext, record: (step: string) => Promise<void>): Promise<void> {
+  private async start(run: Run): Promise<void> {
+    const { ctx } = run;
     const topology = this.topology(ctx);
-    await record('compile-topology');
+    run.steps.mark('compile-topology');
+    run.steps.flush();
     const already = ctx.runtime ? await this.attach(ctx).then(() => true, () => false) : false;
     if (!already) {
       const paths = this.paths(ctx.vm.uid);
@@ -199,45 +310,48 @@ export class OperationExecutor {
       await this.store.setVmRunning(ctx.vm.uid, { pid: status.pid!, qmpSocketPath: paths.qmpSocket, qgaSocketPath: paths.qgaSocket, runtimeDir: paths.dir });
       ctx.runtime = { pid: status.pid!, qmpSocketPath: paths.qmpSocket, qgaSocketPath: paths.qgaSocket, runtimeDir: paths.dir };
     }
-    await record('launch-qemu');
-    await record('wait-guest-agent');
+    run.steps.mark('launch-qemu');
+    run.steps.mark('wait-guest-agent');
+    run.steps.flush();
     await this.store.setVmState(ctx.vm.uid, 'RUNNING');
     // Static groups are plugged now, after boot, so their nodes get their HMAT tier (see topology README).
-    for (const g of ctx.groups.filter((x) => x.desiredState === 'PRESENT')) await this.converge(ctx, topology, g, record);
-    await this.snapshotDevices(ctx);
+    for (const g of ctx.groups.filter((x) => x.desiredState === 'PRESENT')) await this.converge(run, topology, g);
+    const devices = await this.driver.queryMemoryDevices(ctx.vm.uid).catch(() => undefined);
+    if (devices) run.end.devices = devices;
   }
 
-  private async stop(ctx: EngineContext, record: (step: string) => Promise<void>): Promise<void> {
+  private async stop(run: Run): Promise<void> {
+    const { ctx } = run;
     if (ctx.runtime) {
       await this.attach(ctx).catch(() => undefined);
       await this.driver.stop(ctx.vm.uid, { powerdownTimeoutMs: 5_000, quitTimeoutMs: 5_000 });
     }
-    await record('guest-shutdown');
-    await record('wait-qemu-exit');
+    run.steps.mark('guest-shutdown');
+    run.steps.mark('wait-qemu-exit');
+    run.steps.flush();
     await this.store.setVmStopped(ctx.vm.uid, 'STOPPED');
   }
 
   // ---------------------------------------------------------------- memory groups
 
-  private async group(ctx: EngineContext, record: (step: string) => Promise<void>): Promise<void> {
+  private async group(run: Run): Promise<void> {
+    const { ctx } = run;
     const g = ctx.groups.find((x) => x.uid === ctx.op.groupId);
     if (!g) return; // the group went away (cancelled plug): nothing left to do
     await this.attach(ctx);
-    const topology = this.topology({ ...ctx, groups: ctx.groups.map((x) => (x.uid === g.uid ? { ...x, desiredState: 'PRESENT' } : x)) });
-    await this.converge(ctx, topology, g, record);
-    await this.snapshotDevices(ctx);
+    const topology = this.topology(ctx, g);
+    await this.converge(run, topology, g);
   }
 
   /**
    * A virtio-mem device added to a running q35 guest needs a free hotplug-capable root port
    * declared at launch: the first spare port no present virtio-mem device sits on.
    */
-  private async freeSparePort(vmId: string, topology: Topology, deviceId: string): Promise<string | undefined> {
+  private async freeSparePort(vmId: string, topology: Topology, deviceId: string, devices: readonly MemoryDevice[]): Promise<string | undefined> {
     const spares = topology.pciePorts.filter((p) => p.purpose === 'spare').map((p) => p.id);
     if (spares.length === 0) return undefined;
-    const devices = (await this.driver.queryMemoryDevices(vmId)).filter((d) => d.kind === 'virtio-mem' && d.id);
     const used = new Map<string, string>();
-    for (const d of devices) {
+    for (const d of devices.filter((x) => x.kind === 'virtio-mem' && x.id)) {
       const parent = await this.driver.qomGet<string>(vmId, `/machine/peripheral/${d.id}`, 'parent_bus').catch(() => '');
       const port = /\/machine\/peripheral\/([^/]+)\//.exec(parent)?.[1];
       if (port) used.set(d.id!, port);
@@ -246,11 +360,19 @@ export class OperationExecutor {
     return used.get(deviceId) ?? spares.find((p) => ![...used.values()].includes(p));
   }
 
-  private desired(topology: Topology, g: MemoryGroupRecord, bus?: string): DesiredGroupMemory {
+  /** A virtio-mem group hotplugged on q35 has no port of its own: it takes a spare one, chosen when it is added. */
+  private needsSparePort(topology: Topology, g: MemoryGroupRecord): boolean {
+    const device = topology.memoryDevices.find((d) => d.groupId === g.name);
+    return g.kind === 'DYNAMIC' && !device?.bus && topology.machine.type === 'q35';
+  }
+
+  private desired(topology: Topology, g: MemoryGroupRecord): DesiredGroupMemory {
     const ids = memoryDeviceIds(g.name);
     const device = topology.memoryDevices.find((d) => d.groupId === g.name);
     if (!device) throw new DomainError('INTERNAL', 'TOPOLOGY_INTERNAL', `the topology has no device for group ${g.name}`);
-    const [objectAdd, deviceAdd] = memoryDeviceHotplugCommands(topology, g.name, device.bus ?? bus, this.binding(topology));
+    // The port is chosen at device_add (apply); until then the first spare stands in for it.
+    const placeholder = this.needsSparePort(topology, g) ? topology.pciePorts.find((p) => p.purpose === 'spare')?.id : undefined;
+    const [objectAdd, deviceAdd] = memoryDeviceHotplugCommands(topology, g.name, device.bus ?? placeholder, this.binding(topology));
     return {
       groupId: g.uid,
       kind: g.kind,
@@ -264,98 +386,90 @@ export class OperationExecutor {
     };
   }
 
+  /** A full observation of the VM's memory, for the reconciler. */
   async observe(vmId: string): Promise<ObservedVmMemory> {
-    type Observed = ObservedVmMemory['devices'][number];
-    const [devices, objects, blockSize, blocks] = await Promise.all([
-      this.driver.queryMemoryDevices(vmId),
-      this.driver.qmp(vmId).execute<{ name: string; type: string }[]>('qom-list', { path: '/objects' }),
-      this.driver.guestMemoryBlockSizeBytes(vmId),
-      this.driver.guestMemoryBlocks(vmId),
-    ]);
-    return {
-      devices: devices.flatMap((d): Observed[] => {
-        if (d.kind === 'dimm' && d.id)
-          return [{ id: d.id, model: 'pc-dimm' as const, backendId: d.memdev.split('/').pop()!, addrBytes: d.addressBytes, sizeBytes: d.sizeBytes, node: d.node }];
-        if (d.kind === 'virtio-mem' && d.id)
-          return [
-            {
-              id: d.id,
-              model: 'virtio-mem-pci' as const,
-              backendId: d.memdev.split('/').pop()!,
-              addrBytes: d.addressBytes,
-              sizeBytes: d.sizeBytes,
-              requestedBytes: d.requestedSizeBytes,
-              maxSizeBytes: d.maxSizeBytes,
-              node: d.node,
-            },
-          ];
-        return [];
-      }),
-      backendIds: objects.filter((o) => /memory-backend/.test(o.type)).map((o) => o.name),
-      guestBlockSizeBytes: blockSize,
-      blocks: blocks.map((b) => ({ index: b.physIndex, online: b.online })),
-    };
+    return (await RunObservation.observe(this.driver, vmId, this.blockSize(vmId))).view();
   }
 
-  private async snapshotDevices(ctx: EngineContext): Promise<void> {
-    const devices = await this.driver.queryMemoryDevices(ctx.vm.uid).catch(() => undefined);
-    if (devices) await this.store.recordObservedDevices(ctx.vm.uid, devices);
-  }
-
-  /** Drives one group to its desired state, step by step, re-observing before each. */
-  private async converge(ctx: EngineContext, topology: Topology, g: MemoryGroupRecord, record: (step: string) => Promise<void>): Promise<void> {
+  /**
+   * Drives one group to its desired state. Observes once, then takes one step at a time and
+   * learns from each step's answer; while it waits for QEMU or the guest it re-reads that.
+   */
+  private async converge(run: Run, topology: Topology, g: MemoryGroupRecord): Promise<void> {
+    const { ctx } = run;
     const vmId = ctx.vm.uid;
-    const device = topology.memoryDevices.find((d) => d.groupId === g.name);
-    const bus = g.kind === 'DYNAMIC' && !device?.bus && topology.machine.type === 'q35' ? await this.freeSparePort(vmId, topology, memoryDeviceIds(g.name).virtioMemId) : undefined;
-    const desired = this.desired(topology, g, bus);
+    const desired = this.desired(topology, g);
     const deadline = Date.now() + this.config.convergeTimeoutMs;
     const offlined: number[] = [];
     let lastWait = '';
+    let cancelCheckAt = Date.now() + CANCEL_CHECK_MS;
     // A virtio-mem shrink's progress: the plugged size last seen and since when.
     let shrink: { bytes: number; sinceMs: number } | undefined;
-    for (;;) {
-      if (await this.store.cancelRequested(ctx.op.name)) {
-        await this.compensate(ctx, g, desired, offlined, 'cancelled');
-        throw new Cancelled(`cancelled while ${lastWait || 'running'}`);
-      }
-      let observed: ObservedVmMemory;
+    // QEMU or the agent answering an observation with an error of their own is as terminal as a failed step.
+    const observing = async <T>(read: () => Promise<T>): Promise<T> => {
       try {
-        observed = await this.observe(vmId);
+        return await read();
       } catch (e) {
-        // QEMU or the agent answering with an error of their own is as terminal as a failed step.
-        if (isTransient(e)) throw e;
-        await this.compensate(ctx, g, desired, offlined, 'failed');
+        if (!isTransient(e)) await this.compensate(run, g, desired, offlined, 'failed');
         throw e;
       }
-      const step = nextHotplugStep(desired, observed);
+    };
+    const seen = await observing(() => RunObservation.observe(this.driver, vmId, this.blockSize(vmId)));
+    for (;;) {
+      if (run.steps.cancelRequested) {
+        await this.compensate(run, g, desired, offlined, 'cancelled');
+        throw new Cancelled(`cancelled while ${lastWait || 'running'}`);
+      }
+      let step = nextHotplugStep(desired, seen.view());
+      // Waiting for QEMU (virtio-mem converging) needs no guest blocks; any other decision
+      // does, and takes them fresh when QEMU showed a change.
+      if (seen.blocksStale && !(step.kind === 'wait' && step.on === 'qemu')) {
+        await observing(() => seen.refreshBlocks());
+        step = nextHotplugStep(desired, seen.view());
+      }
       if (step.kind === 'done') {
-        await this.finishGroup(ctx, g, desired, step, vmId);
+        await this.finishGroup(run, g, desired, step, seen);
         return;
       }
+      // The last step needs no write of its own: the end state carries it.
+      run.steps.flush();
       if (step.kind === 'wait') {
         lastWait = step.reason;
-        const device = observed.devices.find((d) => d.id === desired.deviceId);
+        const device = seen.view().devices.find((d) => d.id === desired.deviceId);
         const target = desired.present ? (desired.requestedBytes ?? 0) : 0;
         if (device?.model === 'virtio-mem-pci' && device.sizeBytes > target) {
           if (shrink?.bytes !== device.sizeBytes) shrink = { bytes: device.sizeBytes, sinceMs: Date.now() };
           const stallMs = this.config.shrinkStallMs ?? 10_000;
-          if (Date.now() - shrink.sinceMs > stallMs) {
-            return this.timedOut(ctx, g, desired, observed, `the guest gave nothing back for ${stallMs} ms`, offlined);
-          }
+          if (Date.now() - shrink.sinceMs > stallMs) return this.timedOut(run, g, desired, seen.view(), `the guest gave nothing back for ${stallMs} ms`, offlined);
         } else shrink = undefined;
-        if (Date.now() > deadline) return this.timedOut(ctx, g, desired, observed, `${step.reason} after ${this.config.convergeTimeoutMs} ms`, offlined);
-        await new Promise((r) => setTimeout(r, 25));
+        if (Date.now() > deadline) return this.timedOut(run, g, desired, seen.view(), `${step.reason} after ${this.config.convergeTimeoutMs} ms`, offlined);
+        await sleep(this.pollMs);
+        if (Date.now() >= cancelCheckAt) {
+          cancelCheckAt = Date.now() + CANCEL_CHECK_MS;
+          await run.checkCancel();
+        }
+        await observing(() => seen.refresh(step.on));
         continue;
       }
+      // device_del is an unplug's point of no return: a cancel asked for until now still counts.
+      if (step.kind === 'device-del') await run.checkCancel();
+      if (run.steps.cancelRequested) {
+        await this.compensate(run, g, desired, offlined, 'cancelled');
+        throw new Cancelled(`cancelled before ${stepName(step)}`);
+      }
+      let responses: GuestMemoryBlockResponse[] | undefined;
       try {
         if (!desired.present && desired.kind === 'DYNAMIC') await this.assertVirtioMemUnplug(vmId, g);
-        await this.apply(vmId, step, offlined);
+        responses = await this.apply(vmId, topology, g, desired, step, offlined, seen);
       } catch (e) {
         if (isTransient(e)) throw e;
-        await this.compensate(ctx, g, desired, offlined, 'failed');
+        await this.compensate(run, g, desired, offlined, 'failed');
         throw e;
       }
-      await record(stepName(step));
+      const reread = seen.applied(step, responses);
+      run.steps.mark(stepName(step));
+      if (reread.rereadDevices) await observing(() => seen.refreshDevices());
+      if (reread.rereadBlocks) seen.blocksStale = true;
     }
   }
 
@@ -373,20 +487,48 @@ export class OperationExecutor {
     );
   }
 
-  private async apply(vmId: string, step: Exclude<HotplugStep, { kind: 'done' } | { kind: 'wait' }>, offlined: number[]): Promise<void> {
+  /** Takes one step; for a step on guest memory blocks, the guest's per-block answers. */
+  private async apply(
+    vmId: string,
+    topology: Topology,
+    g: MemoryGroupRecord,
+    desired: DesiredGroupMemory,
+    step: Exclude<HotplugStep, { kind: 'done' } | { kind: 'wait' }>,
+    offlined: number[],
+    seen: RunObservation,
+  ): Promise<GuestMemoryBlockResponse[] | undefined> {
     switch (step.kind) {
       case 'object-add': {
         const { 'qom-type': type, id, ...props } = step.command.arguments as { 'qom-type': string; id: string };
-        return this.driver.objectAdd(vmId, type, id, props);
+        await this.driver.objectAdd(vmId, type, id, props);
+        return undefined;
       }
       case 'device-add': {
-        const { driver, id, ...props } = step.command.arguments as { driver: string; id: string };
-        return this.driver.deviceAdd(vmId, driver, id, props);
+        const { driver, id, ...props } = step.command.arguments as { driver: string; id: string; bus?: string };
+        if (this.needsSparePort(topology, g)) {
+          const bus = await this.freeSparePort(vmId, topology, id, seen.devices);
+          if (!bus)
+            throw DomainError.precondition(
+              'HOTPLUG_PORT_REQUIRED',
+              `virtio-mem group ${g.name} on q35 needs a spare pcie-root-port as bus ("Bus 'pcie.0' does not support hotplugging"); every spare port is taken`,
+              { groupId: g.name },
+            );
+          props.bus = bus;
+        }
+        await this.driver.deviceAdd(vmId, driver, id, props);
+        return undefined;
       }
       case 'set-requested-size':
-        return this.driver.qomSet(vmId, `/machine/peripheral/${step.deviceId}`, 'requested-size', step.bytes);
+        await this.driver.qomSet(vmId, `/machine/peripheral/${step.deviceId}`, 'requested-size', step.bytes);
+        return undefined;
       case 'online-blocks': {
-        const res = await this.driver.onlineGuestMemoryBlocks(vmId, step.indexes, step.zone);
+        // The device's blocks already online whose zone this run has not seen go along: a
+        // zone-exact online leaves an online block as it is and reports its zone, so the end
+        // of the run needs no second trip into the guest to read it.
+        const unknownZones =
+          step.zone === 'online' ? [] : seen.blocksOfDevice(desired.deviceId).filter((b) => b.online && !b.zone && !step.indexes.includes(b.index)).map((b) => b.index);
+        const all = await this.driver.onlineGuestMemoryBlocks(vmId, [...step.indexes, ...unknownZones], step.zone);
+        const res = all.slice(0, step.indexes.length);
         // A block that vanished meanwhile (ENODEV, or not-found) was being removed by the
         // guest: the next observation tells what is left to do.
         const bad = res.filter((r) => r.response !== 'success' && r.response !== 'not-found' && r.errorCode !== 19 && !/No such device/.test(r.message ?? ''));
@@ -395,7 +537,7 @@ export class OperationExecutor {
             'GUEST_ONLINE_FAILED',
             `the guest could not online memory block(s) ${bad.map((b) => `${b.physIndex} (${b.message ?? b.response})`).join(', ')} as ${step.zone}`,
           );
-        return;
+        return all;
       }
       case 'offline-blocks': {
         const res = await this.driver.offlineGuestMemoryBlocks(vmId, step.indexes);
@@ -406,7 +548,7 @@ export class OperationExecutor {
             'GUEST_OFFLINE_REFUSED',
             `the guest refused to offline memory block(s) ${bad.map((b) => `${b.physIndex} (${b.message ?? `${b.response}${b.errorCode ? `, errno ${b.errorCode}` : ''}`})`).join(', ')}; the group stays plugged`,
           );
-        return;
+        return res;
       }
       case 'device-del': {
         const cursor = this.driver.eventCursor(vmId);
@@ -427,29 +569,50 @@ export class OperationExecutor {
             () => undefined,
           );
         const first = await Promise.race([deleted.then(() => 'deleted' as const), refused.then((e) => (e ? e : 'no-ost'))]);
-        if (first === 'deleted') return;
+        if (first === 'deleted') return undefined;
         if (first !== 'no-ost') {
           const status = (first.data as { info: { status: number } }).info.status;
           throw DomainError.precondition('GUEST_EJECT_REFUSED', `the guest refused to eject ${step.deviceId} (ACPI _OST status 0x${status.toString(16)})`);
         }
         await deleted;
-        return;
+        return undefined;
       }
       case 'object-del':
-        return this.driver.objectDel(vmId, step.backendId);
+        await this.driver.objectDel(vmId, step.backendId);
+        return undefined;
     }
   }
 
-  private async finishGroup(ctx: EngineContext, g: MemoryGroupRecord, desired: DesiredGroupMemory, step: Extract<HotplugStep, { kind: 'done' }>, vmId: string): Promise<void> {
+  /**
+   * The group converged. An unplug ends with its capacity released; a plug or resize records
+   * the group's plugged size, online blocks and their zones with the operation's end. Zones
+   * the guest reported when this run onlined a block are known; the rest are read.
+   */
+  private async finishGroup(run: Run, g: MemoryGroupRecord, desired: DesiredGroupMemory, step: Extract<HotplugStep, { kind: 'done' }>, seen: RunObservation): Promise<void> {
+    const { ctx } = run;
+    const vmId = ctx.vm.uid;
     if (!desired.present) {
-      await this.store.completeUnplug(ctx.vm, g);
+      await run.steps.settle();
+      await this.store.completeUnplug(ctx.vm, g, ctx.op.name, seen.devices, run.steps.current().steps);
+      run.ended = true;
       return;
     }
-    const zones = await this.driver.guestMemoryBlockZones(vmId, step.onlineBlocks);
-    const blocks = zones.map((z) => ({ index: z.physIndex, online: z.online, ...(z.zone ? { zone: z.zone } : {}) }));
+    const unknown = step.onlineBlocks.filter((i) => !seen.blocks.get(i)?.zone);
+    const read = new Map((unknown.length ? await this.driver.guestMemoryBlockZones(vmId, unknown) : []).map((z) => [z.physIndex, z]));
+    const blocks = step.onlineBlocks.map((index) => {
+      const z = read.get(index);
+      if (z) return { index, online: z.online, ...(z.zone ? { zone: z.zone } : {}) };
+      return { index, online: true, zone: seen.blocks.get(index)!.zone! };
+    });
     const counts: Record<string, number> = {};
     for (const b of blocks) if (b.online && b.zone) counts[b.zone] = (counts[b.zone] ?? 0) + 1;
-    await this.store.setGroupObserved(g.uid, { state: 'PLUGGED', pluggedBytes: step.pluggedBytes, onlineBlocks: step.onlineBlocks.length, zones: counts });
+    const observation = { state: 'PLUGGED' as const, pluggedBytes: step.pluggedBytes, onlineBlocks: step.onlineBlocks.length, zones: counts };
+    if (ctx.op.kind === 'START') await this.store.setGroupObserved(g.uid, observation);
+    else {
+      run.end.group = { id: g.uid, observation };
+      run.end.devices = seen.devices;
+    }
+    // A completed shrink gives back the capacity it no longer needs.
     if (g.kind === 'DYNAMIC') await this.store.releaseShrunk(ctx.vm, g, desired.requestedBytes ?? 0);
     const wrong = zoneMismatches(g.onlineType, blocks);
     if (wrong.length) {
@@ -465,13 +628,14 @@ export class OperationExecutor {
    * settles on what the guest has, and says so; anything else is compensated.
    */
   private async timedOut(
-    ctx: EngineContext,
+    run: Run,
     g: MemoryGroupRecord,
     desired: DesiredGroupMemory,
     observed: ObservedVmMemory,
     reason: string,
     offlined: number[],
   ): Promise<never> {
+    const { ctx } = run;
     const device = observed.devices.find((d) => d.id === desired.deviceId);
     const target = desired.present ? (desired.requestedBytes ?? 0) : 0;
     if (g.kind === 'DYNAMIC' && device && device.sizeBytes !== target) {
@@ -485,7 +649,7 @@ export class OperationExecutor {
         { pluggedBytes: String(plugged), requestedBytes: String(target) },
       );
     }
-    await this.compensate(ctx, g, desired, offlined, 'failed');
+    await this.compensate(run, g, desired, offlined, 'failed');
     throw new DomainError('DEADLINE_EXCEEDED', 'HOTPLUG_TIMEOUT', `${ctx.vm.name}/${g.name} did not converge: ${reason}`);
   }
 
@@ -499,7 +663,7 @@ export class OperationExecutor {
     const device = (await this.observe(vmId)).devices.find((d) => d.id === desired.deviceId);
     if (!device) return 0;
     if (device.requestedBytes !== device.sizeBytes) await this.driver.qomSet(vmId, `/machine/peripheral/${device.id}`, 'requested-size', device.sizeBytes);
-    if (!desired.present) await this.store.restorePresent(g.uid);
+    if (!desired.present) await this.store.restorePresent(ctx.vm, g.uid);
     await this.store.followPlugged(ctx.vm, g, device.sizeBytes);
     await this.recordGroupObserved(vmId, g, desired.deviceId);
     return device.sizeBytes;
@@ -521,16 +685,18 @@ export class OperationExecutor {
    * backend and gives the capacity back (a cancelled plug also drops the group, as cancelling
    * a pending one does; a failed one stays FAILED with its reason). An unplug puts offlined
    * blocks back online in the group's zone (a virtio-mem group settles on what it has
-   * plugged) and the group is PRESENT again.
+   * plugged) and the group is PRESENT again. Observes afresh: a failure is no time to trust
+   * what the run believed.
    */
-  private async compensate(ctx: EngineContext, g: MemoryGroupRecord, desired: DesiredGroupMemory, offlined: number[], why: 'failed' | 'cancelled'): Promise<void> {
+  private async compensate(run: Run, g: MemoryGroupRecord, desired: DesiredGroupMemory, offlined: number[], why: 'failed' | 'cancelled'): Promise<void> {
+    const { ctx } = run;
     const vmId = ctx.vm.uid;
     try {
       if (desired.present && ctx.op.kind === 'PLUG') {
         const observed = await this.observe(vmId);
         if (observed.devices.some((d) => d.id === desired.deviceId)) await this.driver.deviceDel(vmId, desired.deviceId, { waitForDeleted: true, deletedTimeoutMs: this.config.deviceDelTimeoutMs }).catch(() => undefined);
         if ((await this.observe(vmId)).backendIds.includes(desired.backendId)) await this.driver.objectDel(vmId, desired.backendId).catch(() => undefined);
-        if (why === 'cancelled') await this.store.completeUnplug(ctx.vm, g);
+        if (why === 'cancelled') await this.store.dropGroup(ctx.vm, g);
         else await this.store.releaseFailedPlug(ctx.vm, g);
         return;
       }
@@ -544,7 +710,7 @@ export class OperationExecutor {
           const bad = back.filter((r) => r.response !== 'success');
           if (bad.length) this.log(`compensation for ${ctx.vm.name}/${g.name}: block(s) not back online: ${bad.map((b) => `${b.physIndex} (${b.message ?? b.response})`).join(', ')}`);
         }
-        await this.store.restorePresent(g.uid);
+        await this.store.restorePresent(ctx.vm, g.uid);
         await this.recordGroupObserved(vmId, g, desired.deviceId);
       }
     } catch (e) {

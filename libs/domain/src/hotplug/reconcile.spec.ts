@@ -126,6 +126,22 @@ describe('dynamic group', () => {
   });
 });
 
+describe('what a wait depends on', () => {
+  const on = (d: DesiredGroupMemory, o: ObservedVmMemory) => {
+    const step = nextHotplugStep(d, o);
+    assert.equal(step.kind, 'wait');
+    return (step as { on: string }).on;
+  };
+  it('the guest adding memory blocks: re-read the guest', () => {
+    assert.equal(on(staticGroup(), vm([dimm], ['mem-g'], [[32, false]])), 'guest');
+    assert.equal(on(dynamicGroup(512 * MiB), vm([vmem(512 * MiB, 512 * MiB)], ['mem-g'], [[32, true], [33, true]])), 'guest');
+  });
+  it('virtio-mem converging: re-read QEMU', () => {
+    assert.equal(on(dynamicGroup(128 * MiB), vm([vmem(384 * MiB, 128 * MiB)], ['mem-g'])), 'qemu');
+    assert.equal(on(dynamicGroup(0, false), vm([vmem(128 * MiB, 0)], ['mem-g'])), 'qemu');
+  });
+});
+
 describe('zone verification', () => {
   it('flags blocks the guest put in another zone than asked', () => {
     const blocks = [

@@ -71,8 +71,12 @@ export type HotplugStep =
   | { kind: 'offline-blocks'; indexes: number[] }
   | { kind: 'device-del'; deviceId: string }
   | { kind: 'object-del'; backendId: string }
-  /** Nothing to do but let the guest or QEMU move (blocks appearing, virtio-mem converging). */
-  | { kind: 'wait'; reason: string }
+  /**
+   * Nothing to do but let the guest or QEMU move: `on` says whose state will change, so a
+   * caller re-reads that (QEMU's devices while virtio-mem converges, the guest's memory
+   * blocks while it adds them).
+   */
+  | { kind: 'wait'; reason: string; on: 'qemu' | 'guest' }
   | { kind: 'done'; pluggedBytes: number; onlineBlocks: number[]; zones: Record<string, number> };
 
 export function zoneRequestFor(onlineType: GroupOnlineType): OnlineZoneRequest {
@@ -108,7 +112,7 @@ export function nextHotplugStep(desired: DesiredGroupMemory, observed: ObservedV
       if (device.model === 'virtio-mem-pci') {
         // device_del needs requested-size and size at 0 (hw/virtio/virtio-mem.c unplug request).
         if ((device.requestedBytes ?? 0) !== 0) return { kind: 'set-requested-size', deviceId: device.id, bytes: 0 };
-        if (device.sizeBytes !== 0) return { kind: 'wait', reason: `the guest still has ${device.sizeBytes} bytes of ${device.id} plugged` };
+        if (device.sizeBytes !== 0) return { kind: 'wait', reason: `the guest still has ${device.sizeBytes} bytes of ${device.id} plugged`, on: 'qemu' };
         return { kind: 'device-del', deviceId: device.id };
       }
       const online = blocksOf(device, observed).filter((b) => b.online);
@@ -125,13 +129,13 @@ export function nextHotplugStep(desired: DesiredGroupMemory, observed: ObservedV
   if (desired.kind === 'DYNAMIC') {
     const want = desired.requestedBytes ?? 0;
     if ((device.requestedBytes ?? 0) !== want) return { kind: 'set-requested-size', deviceId: device.id, bytes: want };
-    if (device.sizeBytes !== want) return { kind: 'wait', reason: `virtio-mem ${device.id} has ${device.sizeBytes} of ${want} bytes plugged` };
+    if (device.sizeBytes !== want) return { kind: 'wait', reason: `virtio-mem ${device.id} has ${device.sizeBytes} of ${want} bytes plugged`, on: 'qemu' };
   }
 
   const blocks = blocksOf(device, observed);
   const expectedBlocks = Math.ceil(device.sizeBytes / observed.guestBlockSizeBytes);
   if (desired.kind === 'STATIC' && blocks.length < expectedBlocks) {
-    return { kind: 'wait', reason: `the guest has added ${blocks.length} of ${expectedBlocks} memory blocks of ${device.id}` };
+    return { kind: 'wait', reason: `the guest has added ${blocks.length} of ${expectedBlocks} memory blocks of ${device.id}`, on: 'guest' };
   }
   const offline = blocks.filter((b) => !b.online);
   if (desired.kind === 'DYNAMIC') {
@@ -140,7 +144,7 @@ export function nextHotplugStep(desired: DesiredGroupMemory, observed: ObservedV
     const needed = Math.ceil(device.sizeBytes / observed.guestBlockSizeBytes);
     const online = blocks.length - offline.length;
     if (online >= needed) return summary(blocks.filter((b) => b.online), device.sizeBytes);
-    if (offline.length === 0) return { kind: 'wait', reason: `the guest has added ${online} of ${needed} memory blocks of ${device.id}` };
+    if (offline.length === 0) return { kind: 'wait', reason: `the guest has added ${online} of ${needed} memory blocks of ${device.id}`, on: 'guest' };
     return { kind: 'online-blocks', indexes: offline.slice(0, needed - online).map((b) => b.index), zone: zoneRequestFor(desired.onlineType) };
   }
   if (offline.length) return { kind: 'online-blocks', indexes: offline.map((b) => b.index), zone: zoneRequestFor(desired.onlineType) };
