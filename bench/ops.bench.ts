@@ -34,6 +34,7 @@ import { startMemplane } from '../apps/api/src/server';
 import { cachedGuestImages, startWorker, type RunningWorker } from '../apps/worker/src/worker';
 import { RecordingDriver } from './recording-driver';
 import { callsBetween, timedDriver } from './timed-driver';
+import { cxlHostBody } from '#testing/fixtures';
 
 const MiB = 1024 ** 2;
 const GiB = 1024 ** 3;
@@ -140,20 +141,6 @@ async function followOperation(name: string, timeoutMs = 180_000): Promise<any> 
   }
 }
 
-function hostBody(name: string) {
-  return {
-    name,
-    nodes: [
-      { nodeId: 0, cpus: [0, 1], memoryBytes: 8 * GiB, kind: 'DRAM' },
-      { nodeId: 1, cpus: [], memoryBytes: 256 * GiB, kind: 'CXL' },
-    ],
-    performance: [
-      { cpuNodeId: 0, memoryNodeId: 0, readLatencyNs: 100, writeLatencyNs: 100, readBandwidthMBps: 51200, writeBandwidthMBps: 51200 },
-      { cpuNodeId: 0, memoryNodeId: 1, readLatencyNs: 250, writeLatencyNs: 250, readBandwidthMBps: 20480, writeBandwidthMBps: 20480 },
-    ],
-    distances: [{ fromNodeId: 0, toNodeId: 1, distance: 25 }],
-  };
-}
 
 // ------------------------------------------------------------------ queue machinery
 
@@ -215,7 +202,7 @@ async function queueBench(databaseUrl: string, redisUrl: string, runtimeDir: str
     return stats(rows.map((r) => Number(r.ms)));
   };
   try {
-    await must('POST', '/v1/hosts', 201, hostBody('hv-queue'));
+    await must('POST', '/v1/hosts', 201, cxlHostBody('hv-queue', 256 * GiB));
     await must('POST', '/v1/pools', 201, { name: 'cxl-queue', host: 'hv-queue', hostNodeId: 1, capacityBytes: (2 * QUEUE_OPS + QUEUE_VMS + 8) * 128 * MiB });
     const vmIds: string[] = [];
     for (let v = 0; v < QUEUE_VMS; v++) {
@@ -375,7 +362,7 @@ async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: str
   let vmId = '';
   const out: string[] = [];
   try {
-    await must('POST', '/v1/hosts', 201, hostBody('hv-guest'));
+    await must('POST', '/v1/hosts', 201, cxlHostBody('hv-guest', 256 * GiB));
     await must('POST', '/v1/pools', 201, { name: 'cxl-guest', host: 'hv-guest', hostNodeId: 1, capacityBytes: 4 * GiB });
     const vm = await must('POST', '/v1/vms', 201, {
       name: 'vm-bench',

@@ -9,6 +9,7 @@ import { probeQemuPid } from '#hypervisor';
 import { testServices } from '#testing/services';
 import { ensureGuestImages } from '#testing/guest';
 import { GiB, http, MiB, startTestApi, type TestApi } from '../../api/test/harness';
+import { cxlHostBody } from '#testing/fixtures';
 
 /**
  * Crash safety with real processes: a worker is SIGKILLed while it executes a plug; QEMU
@@ -59,17 +60,7 @@ describe('a worker killed in the middle of a plug', () => {
     ensureGuestImages('linux-6.12');
     api = await startTestApi();
     await http(api, 'POST', '/v1/hosts', {
-      body: {
-        name: 'hv-crash',
-        nodes: [
-          { nodeId: 0, cpus: [0, 1], memoryBytes: 8 * GiB, kind: 'DRAM' },
-          { nodeId: 1, cpus: [], memoryBytes: 16 * GiB, kind: 'CXL' },
-        ],
-        performance: [
-          { cpuNodeId: 0, memoryNodeId: 0, readLatencyNs: 100, writeLatencyNs: 100, readBandwidthMBps: 51200, writeBandwidthMBps: 51200 },
-          { cpuNodeId: 0, memoryNodeId: 1, readLatencyNs: 250, writeLatencyNs: 250, readBandwidthMBps: 20480, writeBandwidthMBps: 20480 },
-        ],
-      },
+      body: cxlHostBody('hv-crash'),
     });
     await http(api, 'POST', '/v1/pools', { body: { name: 'cxl-crash', host: 'hv-crash', hostNodeId: 1, capacityBytes: 4 * GiB } });
     const vm = await http(api, 'POST', '/v1/vms', {

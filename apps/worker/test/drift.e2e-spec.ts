@@ -13,6 +13,7 @@ import { GetMemoryGroupRequest, MemoryGroupServiceClient, type MemoryGroup } fro
 import { GetVmRequest, VmServiceClient, type Vm } from '#contracts/generated/memplane/v1/vm';
 import { call, GiB, grpcMetadata, http, insecure, MiB, startTestApi, type TestApi } from '../../api/test/harness';
 import { cachedGuestImages, startWorker, type RunningWorker } from '../src/worker';
+import { cxlHostBody } from '#testing/fixtures';
 
 /**
  * Drift reporting against a real 6.12 guest: memory is changed behind the control plane's
@@ -100,18 +101,7 @@ describe('drift between desired and observed memory on a real linux-6.12 guest',
     vms = new VmServiceClient(api.grpc, insecure());
     groups = new MemoryGroupServiceClient(api.grpc, insecure());
     const host = await http(api, 'POST', '/v1/hosts', {
-      body: {
-        name: 'hv-drift',
-        nodes: [
-          { nodeId: 0, cpus: [0, 1], memoryBytes: 8 * GiB, kind: 'DRAM' },
-          { nodeId: 1, cpus: [], memoryBytes: 16 * GiB, kind: 'CXL' },
-        ],
-        performance: [
-          { cpuNodeId: 0, memoryNodeId: 0, readLatencyNs: 100, writeLatencyNs: 100, readBandwidthMBps: 51200, writeBandwidthMBps: 51200 },
-          { cpuNodeId: 0, memoryNodeId: 1, readLatencyNs: 250, writeLatencyNs: 250, readBandwidthMBps: 20480, writeBandwidthMBps: 20480 },
-        ],
-        distances: [{ fromNodeId: 0, toNodeId: 1, distance: 25 }],
-      },
+      body: cxlHostBody('hv-drift'),
     });
     assert.equal(host.status, 201, JSON.stringify(host.body));
     assert.equal((await http(api, 'POST', '/v1/pools', { body: { name: 'cxl-drift', host: 'hv-drift', hostNodeId: 1, capacityBytes: 4 * GiB } })).status, 201);

@@ -9,6 +9,7 @@ import { ensureGuestImages, GUEST_ACCEL, GUEST_CPU_MODEL } from '#testing/guest'
 import { GiB, http, MiB, startTestApi, type TestApi } from '../../api/test/harness';
 import type { DimmDevice, VirtioMemDevice } from '#hypervisor';
 import { cachedGuestImages, startWorker, type RunningWorker } from '../src/worker';
+import { cxlHostBody } from '#testing/fixtures';
 
 /**
  * The hotplug engine's failure paths end to end: the public REST API, a real worker, a real
@@ -145,18 +146,7 @@ for (const kernel of ['linux-6.1', 'linux-6.12'] as const) {
         },
       });
       const host = await http(api, 'POST', '/v1/hosts', {
-        body: {
-          name: 'hv-f',
-          nodes: [
-            { nodeId: 0, cpus: [0, 1], memoryBytes: 8 * GiB, kind: 'DRAM' },
-            { nodeId: 1, cpus: [], memoryBytes: 16 * GiB, kind: 'CXL' },
-          ],
-          performance: [
-            { cpuNodeId: 0, memoryNodeId: 0, readLatencyNs: 100, writeLatencyNs: 100, readBandwidthMBps: 51200, writeBandwidthMBps: 51200 },
-            { cpuNodeId: 0, memoryNodeId: 1, readLatencyNs: 250, writeLatencyNs: 250, readBandwidthMBps: 20480, writeBandwidthMBps: 20480 },
-          ],
-          distances: [{ fromNodeId: 0, toNodeId: 1, distance: 25 }],
-        },
+        body: cxlHostBody('hv-f'),
       });
       assert.equal(host.status, 201, JSON.stringify(host.body));
       const pool = await http(api, 'POST', '/v1/pools', { body: { name: 'cxl-f', host: 'hv-f', hostNodeId: 1, capacityBytes: 4 * GiB, granuleBytes: 2 * MiB } });

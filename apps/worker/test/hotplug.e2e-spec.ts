@@ -8,6 +8,7 @@ import { testServices } from '#testing/services';
 import { ensureGuestImages, GUEST_ACCEL, GUEST_CPU_MODEL } from '#testing/guest';
 import { GiB, http, MiB, startTestApi, type TestApi } from '../../api/test/harness';
 import { cachedGuestImages, startWorker, type RunningWorker } from '../src/worker';
+import { cxlHostBody } from '#testing/fixtures';
 
 /**
  * The hotplug engine end to end, through the public REST API only, against a real QEMU and
@@ -58,18 +59,7 @@ describe(`hotplug engine on a real ${kernel} guest, driven through the API`, () 
       },
     });
     const host = await http(api, 'POST', '/v1/hosts', {
-      body: {
-        name: 'hv-e2e',
-        nodes: [
-          { nodeId: 0, cpus: [0, 1], memoryBytes: 8 * GiB, kind: 'DRAM' },
-          { nodeId: 1, cpus: [], memoryBytes: 16 * GiB, kind: 'CXL' },
-        ],
-        performance: [
-          { cpuNodeId: 0, memoryNodeId: 0, readLatencyNs: 100, writeLatencyNs: 100, readBandwidthMBps: 51200, writeBandwidthMBps: 51200 },
-          { cpuNodeId: 0, memoryNodeId: 1, readLatencyNs: 250, writeLatencyNs: 250, readBandwidthMBps: 20480, writeBandwidthMBps: 20480 },
-        ],
-        distances: [{ fromNodeId: 0, toNodeId: 1, distance: 25 }],
-      },
+      body: cxlHostBody('hv-e2e'),
     });
     assert.equal(host.status, 201, JSON.stringify(host.body));
     const pool = await http(api, 'POST', '/v1/pools', { body: { name: 'cxl-e2e', host: 'hv-e2e', hostNodeId: 1, capacityBytes: 4 * GiB } });
