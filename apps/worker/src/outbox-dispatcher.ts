@@ -17,11 +17,13 @@ export interface OutboxDispatcherOptions {
 const BATCH = 500;
 
 /**
- * Outbox → queue. A trigger notifies channel `memplane_outbox` when an operation's
- * transaction commits (migration outbox_notify); the dispatcher LISTENs and moves the rows
- * at once, and reads the outbox on a slow timer besides, so a notification lost with a
- * connection only costs latency. Runs one pass at a time; a wake-up during a pass causes
- * one more pass.
+ * Outbox → queue. A trigger notifies channel `memplane_outbox` for every outbox row when its
+ * transaction commits, with the row's operation and VM (migration outbox_notify): the
+ * dispatcher LISTENs, queues what the notifications name at once and marks those rows
+ * dispatched. It also reads the outbox: after every (re)start of listening and on a slow
+ * timer, so a notification lost with a connection only costs latency; one pass at a time, a
+ * wake-up during a pass causes one more. A row queued twice is harmless (deterministic job
+ * ids).
  */
 export class OutboxDispatcher {
   private timer: NodeJS.Timeout | undefined;
@@ -29,13 +31,46 @@ export class OutboxDispatcher {
   private again = false;
   private stopped = false;
   private unsubscribe: (() => void) | undefined;
+  /** Rows named by notifications, queued together once the notifications of one read are in. */
+  private notified: { id: string; operationId: string; vmId: string }[] = [];
+  private sending: Promise<void> | undefined;
 
   constructor(private readonly opts: OutboxDispatcherOptions) {}
 
   start(): void {
     // Each (re)start of listening is followed by a pass: rows recorded while nobody listened.
-    this.unsubscribe = this.opts.notifications.subscribe('memplane_outbox', () => this.kick(), () => this.kick());
+    this.unsubscribe = this.opts.notifications.subscribe('memplane_outbox', (payload) => this.notify(payload), () => this.kick());
     this.kick();
+  }
+
+  /** "<outbox id> <operation id> <vm id>", or just the outbox id for a row that is not an operation's. */
+  private notify(payload: string): void {
+    const [id, operationId, vmId] = payload.split(' ');
+    if (this.stopped) return;
+    if (!id || !operationId || !vmId) return this.kick();
+    this.notified.push({ id, operationId, vmId });
+    if (!this.sending) this.sending = new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.sendNotified());
+  }
+
+  private async sendNotified(): Promise<void> {
+    const rows = this.notified.splice(0);
+    try {
+      if (rows.length) await this.send(rows);
+    } catch (e) {
+      this.opts.log(`outbox dispatcher: ${(e as Error).message}; the outbox is read instead`);
+      this.kick();
+    } finally {
+      this.sending = undefined;
+      if (this.notified.length && !this.stopped) this.sending = this.sendNotified();
+    }
+  }
+
+  /** One job per VM (its last operation in `rows`), then the rows are marked dispatched. */
+  private async send(rows: readonly { id: string; operationId: string; vmId: string | null }[]): Promise<void> {
+    const last = new Map<string, string>();
+    for (const r of rows) if (r.vmId) last.set(r.vmId, r.operationId);
+    if (last.size) await this.opts.wake([...last].map(([vmId, operationId]) => ({ vmId, operationId })));
+    await this.opts.store.markDispatched(rows.map((r) => r.id));
   }
 
   /** A pass now, or right after the one under way. */
@@ -67,11 +102,7 @@ export class OutboxDispatcher {
   /** Moves up to BATCH rows; returns how many it read. */
   private async pass(): Promise<number> {
     const rows = await this.opts.store.pendingOutbox(BATCH);
-    if (rows.length === 0) return 0;
-    const last = new Map<string, string>();
-    for (const r of rows) if (r.vmId) last.set(r.vmId, r.operationId);
-    if (last.size) await this.opts.wake([...last].map(([vmId, operationId]) => ({ vmId, operationId })));
-    await this.opts.store.markDispatched(rows.map((r) => r.id));
+    if (rows.length) await this.send(rows);
     return rows.length;
   }
 
@@ -80,5 +111,6 @@ export class OutboxDispatcher {
     this.unsubscribe?.();
     if (this.timer) clearTimeout(this.timer);
     await this.running?.catch(() => undefined);
+    await this.sending?.catch(() => undefined);
   }
 }

@@ -37,8 +37,15 @@ export class RunObservation {
     return o;
   }
 
+  /** The last view, until something changes (a run asks for it before every decision). */
+  private viewed: ObservedVmMemory | undefined;
+
   /** The reconciler's input. */
   view(): ObservedVmMemory {
+    return (this.viewed ??= this.build());
+  }
+
+  private build(): ObservedVmMemory {
     return {
       devices: this.devices.flatMap((d): ObservedMemoryDevice[] => {
         if (d.kind === 'dimm' && d.id)
@@ -74,6 +81,7 @@ export class RunObservation {
   async refreshDevices(): Promise<void> {
     const before = fingerprint(this.devices);
     this.devices = await this.driver.queryMemoryDevices(this.vmId);
+    this.viewed = undefined;
     if (fingerprint(this.devices) !== before) this.blocksStale = true;
   }
 
@@ -83,6 +91,7 @@ export class RunObservation {
     const blocks = await this.driver.guestMemoryBlocks(this.vmId);
     const known = new Map(this.blocks);
     this.blocks.clear();
+    this.viewed = undefined;
     for (const b of blocks) {
       const zone = known.get(b.physIndex)?.online && b.online ? known.get(b.physIndex)?.zone : undefined;
       this.blocks.set(b.physIndex, { index: b.physIndex, online: b.online, ...(zone ? { zone } : {}) });
@@ -106,6 +115,7 @@ export class RunObservation {
 
   /** Takes in what a step QEMU or the guest accepted changed, and says what must be re-read to know the rest. */
   applied(step: Exclude<HotplugStep, { kind: 'done' } | { kind: 'wait' }>, responses?: readonly GuestMemoryBlockResponse[]): { rereadDevices: boolean; rereadBlocks: boolean } {
+    this.viewed = undefined;
     switch (step.kind) {
       case 'object-add':
         this.backendIds.add(String(step.command.arguments['id']));
