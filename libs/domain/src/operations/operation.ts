@@ -137,7 +137,8 @@ export function progressOf(steps: readonly OperationStep[]): number {
 
 /**
  * The steps a worker will take, in order (QMP / QGA vocabulary). A plan, not
- * a script: the worker re-reads desired and observed state before each one.
+ * a script: each run re-reads desired and observed state when it starts and
+ * decides every step from what it observed and what its own steps answered.
  */
 export function plannedSteps(kind: OperationKind, groupKind?: MemoryGroupKind): OperationStep[] {
   const names: Record<OperationKind, string[]> = {
