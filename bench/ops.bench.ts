@@ -237,8 +237,10 @@ async function queueBench(databaseUrl: string, redisUrl: string, runtimeDir: str
     return stats(rows.map((r) => Number(r.ms)));
   };
   try {
-    await must('POST', '/v1/hosts', 201, cxlHostBody('hv-queue', 256 * GiB));
-    await must('POST', '/v1/pools', 201, { name: 'cxl-queue', host: 'hv-queue', hostNodeId: 1, capacityBytes: (2 * QUEUE_OPS + QUEUE_VMS + 8) * 128 * MiB });
+    // The pool holds both runs' plugs; the host's CXL node holds the pool (--queue-ops beyond ~1,000 needs more than 256 GiB).
+    const poolBytes = (2 * QUEUE_OPS + QUEUE_VMS + 8) * 128 * MiB;
+    await must('POST', '/v1/hosts', 201, cxlHostBody('hv-queue', Math.max(256 * GiB, poolBytes)));
+    await must('POST', '/v1/pools', 201, { name: 'cxl-queue', host: 'hv-queue', hostNodeId: 1, capacityBytes: poolBytes });
     const vmIds: string[] = [];
     for (let v = 0; v < QUEUE_VMS; v++) {
       const vm = await must('POST', '/v1/vms', 201, {
