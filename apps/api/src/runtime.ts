@@ -1,6 +1,6 @@
 import { Redis } from 'ioredis';
 import { ApiKeyService, HostService, LedgerService, MemoryGroupService, Mutations, OperationService, PoolService, TopologyService, VmService, WatchService } from '#application';
-import { Database, PgNotifications } from '#persistence';
+import { Database, OPERATION_CHANNEL, PgNotifications } from '#persistence';
 import type { AppConfig } from '#platform';
 
 /**
@@ -37,7 +37,7 @@ export class Runtime {
     this.ledger = new LedgerService(this.mutations);
     this.topology = new TopologyService(this.mutations);
     this.watch = new WatchService(this.operations, this.vms, {
-      ...(notifications ? { operationChanges: (listener: (operationId: string) => void, onListening: () => void) => notifications.subscribe('memplane_operation', listener, onListening) } : {}),
+      ...(notifications ? { operationChanges: (listener: (operationId: string) => void, onListening: () => void) => notifications.subscribe(OPERATION_CHANNEL, listener, onListening) } : {}),
     });
   }
 

@@ -1,5 +1,5 @@
 import type { EngineStore } from '#application';
-import type { PgNotifications } from '#persistence';
+import { OUTBOX_CHANNEL, type PgNotifications } from '#persistence';
 
 export interface OutboxDispatcherOptions {
   notifications: PgNotifications;
@@ -17,9 +17,9 @@ export interface OutboxDispatcherOptions {
 const BATCH = 500;
 
 /**
- * Outbox → queue. A trigger notifies channel `memplane_outbox` for every outbox row when its
- * transaction commits, with the row's operation and VM (migration outbox_notify): the
- * dispatcher LISTENs, queues what the notifications name at once and marks those rows
+ * Outbox → queue. Every outbox row is announced on channel `memplane_outbox` once its
+ * transaction commits, with the row's operation and VM (OperationRepository.create, through
+ * PgHints): the dispatcher LISTENs, queues what the notifications name at once and marks those rows
  * dispatched. It also reads the outbox: after every (re)start of listening and on a slow
  * timer, so a notification lost with a connection only costs latency; one pass at a time, a
  * wake-up during a pass causes one more. A row queued twice is harmless (deterministic job
@@ -39,7 +39,7 @@ export class OutboxDispatcher {
 
   start(): void {
     // Each (re)start of listening is followed by a pass: rows recorded while nobody listened.
-    this.unsubscribe = this.opts.notifications.subscribe('memplane_outbox', (payload) => this.notify(payload), () => this.kick());
+    this.unsubscribe = this.opts.notifications.subscribe(OUTBOX_CHANNEL, (payload) => this.notify(payload), () => this.kick());
     this.kick();
   }
 

@@ -183,6 +183,11 @@ class SavepointSql implements Sql {
     return this.sql.query<R>(text, values);
   }
 
+  /** Passed on: a hint of a change that was rolled back to the savepoint costs a listener one needless read. */
+  notify(channel: string, payload: string): void {
+    this.sql.notify(channel, payload);
+  }
+
   async undo(): Promise<void> {
     if (this.used) await this.sql.query('rollback to savepoint mp_change');
   }

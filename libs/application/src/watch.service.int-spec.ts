@@ -1,6 +1,6 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { Database, PgNotifications } from '#persistence';
+import { Database, OPERATION_CHANNEL, PgNotifications } from '#persistence';
 import { freshDatabase } from '#testing/services';
 import { SYSTEM_PRINCIPAL, type CallContext } from './context';
 import { HostService } from './host.service';
@@ -14,7 +14,7 @@ const ctx: CallContext = { principal: SYSTEM_PRINCIPAL, transport: 'system', cor
 
 /**
  * A watcher hears of an operation's state change from Postgres (LISTEN/NOTIFY on
- * memplane_operation) instead of at its next read: here the read interval is a minute, so
+ * memplane_operation, sent after the change commits) instead of at its next read: here the read interval is a minute, so
  * only the notification can deliver the change while the test waits.
  */
 describe('watching an operation with Postgres notifications', () => {
@@ -35,7 +35,7 @@ describe('watching an operation with Postgres notifications', () => {
     operations = new OperationService(mutations);
     watch = new WatchService(operations, vms, {
       intervalMs: 60_000,
-      operationChanges: (listener, onListening) => notifications.subscribe('memplane_operation', listener, onListening),
+      operationChanges: (listener, onListening) => notifications.subscribe(OPERATION_CHANNEL, listener, onListening),
     });
     await new HostService(mutations).create(ctx, {
       name: 'hv-w',

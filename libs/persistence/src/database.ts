@@ -2,6 +2,7 @@ import { PrismaPg } from '@prisma/adapter-pg';
 import { Pool, type PoolClient, type QueryResult } from 'pg';
 import { DomainError } from '#domain';
 import { Prisma, PrismaClient } from './generated/prisma/client';
+import { PgHints } from './notifications';
 import { PgSql, sqlState, statementName, type Sql } from './sql';
 
 export type Tx = Prisma.TransactionClient;
@@ -23,6 +24,8 @@ export class Database {
   private readonly pool: Pool;
   /** Raw SQL outside a transaction (each statement on any pooled connection). */
   readonly sql: Sql;
+  /** NOTIFY, after commit and coalesced (Sql.notify). */
+  readonly hints: PgHints;
 
   constructor(opts: DatabaseOptions) {
     this.pool = new Pool({ connectionString: opts.url, max: opts.poolSize ?? 20, connectionTimeoutMillis: 10_000 });
@@ -34,7 +37,8 @@ export class Database {
       statementNameGenerator: (q) => (q.args.length === 0 && q.sql.length < 32 ? (undefined as unknown as string) : statementName(q.sql)),
     });
     this.prisma = new PrismaClient({ adapter });
-    this.sql = new PgSql(this.pool);
+    this.hints = new PgHints(this.pool);
+    this.sql = new PgSql(this.pool, (channel, payload) => this.hints.send(channel, payload));
   }
 
   async transaction<T>(fn: (tx: Tx) => Promise<T>, opts: { isolation?: 'ReadCommitted' | 'Serializable'; attempts?: number } = {}): Promise<T> {
@@ -52,9 +56,11 @@ export class Database {
   async sqlTransaction<T>(fn: (sql: Sql) => Promise<T>, opts: { attempts?: number } = {}): Promise<T> {
     return this.retrying(opts.attempts, () =>
       this.inTransaction(async (client) => {
+        const hints: [string, string][] = [];
         await client.query('begin');
-        const out = await fn(new PgSql(client));
+        const out = await fn(new PgSql(client, (channel, payload) => hints.push([channel, payload])));
         await client.query('commit');
+        for (const [channel, payload] of hints) this.hints.send(channel, payload);
         return out;
       }),
     );
@@ -70,9 +76,11 @@ export class Database {
   async twoTripTransaction<T>(open: string, fn: (opened: Record<string, unknown>[], sql: Sql) => Promise<{ close: string; result: T }>, opts: { attempts?: number } = {}): Promise<T> {
     return this.retrying(opts.attempts, () =>
       this.inTransaction(async (client) => {
+        const hints: [string, string][] = [];
         const results = (await client.query(`begin; ${open}`)) as unknown as QueryResult[];
-        const { close, result } = await fn(results[1]?.rows ?? [], new PgSql(client));
+        const { close, result } = await fn(results[1]?.rows ?? [], new PgSql(client, (channel, payload) => hints.push([channel, payload])));
         await client.query(`${close}; commit`);
+        for (const [channel, payload] of hints) this.hints.send(channel, payload);
         return result;
       }),
     );
@@ -113,6 +121,7 @@ export class Database {
   }
 
   async close(): Promise<void> {
+    await this.hints.flushed();
     await this.prisma.$disconnect();
     await this.pool.end().catch(() => undefined);
   }

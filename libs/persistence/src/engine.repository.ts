@@ -1,5 +1,6 @@
 import type { GroupObservedState, Host, NodeKind, OperationError, OperationStep } from '#domain';
 import { GROUP_SELECT, groupRowToRecord, type GroupRow, type MemoryGroupRecord } from './memory-group.repository';
+import { OPERATION_CHANNEL } from './notifications';
 import { operationRowToRecord, type OperationRecord, type OpRow } from './operation.repository';
 import type { Sql } from './sql';
 import { vmRowToRecord, type VmRecord, type VmRow } from './vm.repository';
@@ -49,6 +50,7 @@ export interface ClaimedOperation {
 
 interface ClaimRow {
   ended: number;
+  claimed_from: string | null;
   op: (OpRow & { cancel_requested: boolean }) | null;
   vm: (VmRow & { runtime_dir: string | null }) | null;
   host: {
@@ -92,7 +94,7 @@ const END_AND_CLAIM = `with
     where id = $3::uuid and state in ('PENDING', 'RUNNING')
     returning id),
   head as (
-    select id from operations where $13::boolean and vm_id = $1::uuid and state in ('PENDING', 'RUNNING') and id is distinct from $3::uuid order by seq limit 1),
+    select id, state from operations where $13::boolean and vm_id = $1::uuid and state in ('PENDING', 'RUNNING') and id is distinct from $3::uuid order by seq limit 1),
   claimed as (
     update operations o set state = 'RUNNING', error = null, started_at = coalesce(o.started_at, now()), attempts = o.attempts + 1, updated_at = now()
     from head where o.id = head.id
@@ -104,6 +106,7 @@ const END_AND_CLAIM = `with
     select 1 from context where k is distinct from $2::text)
   select
     (select count(*) from ended)::int as ended,
+    (select h.state::text from head h join claimed c on c.id = h.id) as claimed_from,
     (select row_to_json(x) from (
       select c.id, c.seq, c.vm_id, v.name as vm, c.group_id, c.group_name, c.kind::text as kind, c.state::text as state, c.steps, c.progress_percent,
         c.attempts, c.error, c.rollback, c.request_id, c.principal, c.created_at, c.updated_at, c.started_at, c.ended_at, c.cancel_requested
@@ -167,6 +170,9 @@ export class EngineRepository {
     ]);
     const r = rows[0];
     const ended = (r?.ended ?? 0) > 0;
+    // Watchers hear of both state changes (this statement has committed).
+    if (ended && end) sql.notify(OPERATION_CHANNEL, end.operationId);
+    if (r?.op && r.claimed_from !== 'RUNNING') sql.notify(OPERATION_CHANNEL, r.op.id);
     if (!r?.op || !r.context_key) return { ended };
     let context: VmContext | undefined;
     if (r.vm && r.host && r.groups) {

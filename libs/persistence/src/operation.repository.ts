@@ -8,6 +8,7 @@ import {
   type OperationState,
   type OperationStep,
 } from '#domain';
+import { OPERATION_CHANNEL, OUTBOX_CHANNEL } from './notifications';
 import type { Sql } from './sql';
 
 export interface OperationRecord extends Operation {
@@ -85,7 +86,7 @@ export interface NewOperation {
 export class OperationRepository {
   /** The operation and its outbox message, in one statement of the caller's transaction. */
   async create(sql: Sql, op: NewOperation, topic: string): Promise<OperationRecord> {
-    const rows = await sql.query<OpRow>(
+    const rows = await sql.query<OpRow & { outbox_id: string }>(
       `with op as (
          insert into operations (id, vm_id, group_id, group_name, kind, steps, rollback, request_id, principal)
          values (gen_random_uuid(), $1::uuid, $2::uuid, $3, $4::"OperationKind", $5::jsonb, $6::jsonb, $7, $8)
@@ -93,13 +94,16 @@ export class OperationRepository {
        box as (
          insert into outbox (topic, key, payload)
          select $9, op.id::text, jsonb_build_object('v', 1, 'operation', op.id, 'vm', $10::text, 'kind', op.kind, 'memoryGroup', op.group_name) from op
-         returning 1)
+         returning id)
        select op.id, op.seq, op.vm_id, $10::text as vm, op.group_id, op.group_name, op.kind::text as kind, op.state::text as state, op.steps, op.progress_percent,
-         op.attempts, op.error, op.rollback, op.request_id, op.principal, op.created_at, op.updated_at, op.started_at, op.ended_at, (select count(*) from box) as boxed
+         op.attempts, op.error, op.rollback, op.request_id, op.principal, op.created_at, op.updated_at, op.started_at, op.ended_at, (select id from box) as outbox_id
        from op`,
       [op.vmId, op.groupId ?? null, op.groupName ?? null, op.kind, JSON.stringify(op.steps), JSON.stringify(op.rollback), op.requestId ?? null, op.principal, topic, op.vm],
     );
-    return operationRowToRecord(rows[0]!);
+    const row = rows[0]!;
+    // Wakes the outbox dispatchers once this commits (they read the outbox on a slow timer too).
+    sql.notify(OUTBOX_CHANNEL, `${row.outbox_id} ${row.id} ${row.vm_id}`);
+    return operationRowToRecord(row);
   }
 
   async find(sql: Sql, name: string): Promise<OperationRecord | undefined> {
@@ -159,6 +163,7 @@ export class OperationRepository {
          updated_at = now() where id = $1::uuid`,
       [name, state, error ? JSON.stringify(error) : null],
     );
+    sql.notify(OPERATION_CHANNEL, name);
   }
 
   /** The dispatcher's view (a later issue): undispatched messages in order. */

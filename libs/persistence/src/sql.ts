@@ -12,7 +12,17 @@ import type { Pool, PoolClient, QueryResult } from 'pg';
  */
 export interface Sql {
   query<R = Record<string, unknown>>(text: string, values?: readonly unknown[]): Promise<R[]>;
+  /**
+   * Tells whoever LISTENs on `channel` of a change this work made, once it is committed:
+   * at once outside a transaction, after COMMIT inside one (never when it rolls back).
+   * A hint, sent on its own (see PgHints): listeners re-read what they watch on a timer
+   * as well, so a hint that is lost only costs latency.
+   */
+  notify(channel: string, payload: string): void;
 }
+
+/** Where a PgSql's hints go: straight to PgHints, or held until its transaction commits. */
+export type HintSink = (channel: string, payload: string) => void;
 
 /**
  * Prepared statements per connection: Postgres parses and plans a text once
@@ -32,13 +42,19 @@ export function statementName(text: string): string {
 type Queryable = Pick<PoolClient, 'query'> | Pick<Pool, 'query'>;
 
 export class PgSql implements Sql {
-  constructor(private readonly client: Queryable) {}
+  constructor(
+    private readonly client: Queryable,
+    private readonly hint: HintSink,
+  ) {}
+
+  notify(channel: string, payload: string): void {
+    this.hint(channel, payload);
+  }
 
   async query<R>(text: string, values: readonly unknown[] = []): Promise<R[]> {
     const r = (await this.client.query({ name: statementName(text), text, values: values as unknown[] })) as QueryResult;
     return r.rows as R[];
   }
-
 }
 
 /** Postgres SQLSTATE of a failure, from pg or from Prisma's driver adapter. */

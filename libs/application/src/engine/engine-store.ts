@@ -1,5 +1,5 @@
 import { holdingBytes, type GroupObservedState, type OperationError, type OperationStep } from '#domain';
-import { Database, EngineRepository, MemoryGroupRepository, VmRepository, type ClaimedOperation, type MemoryGroupRecord, type OperationEnd, type Sql, type VmContext, type VmRecord, type VmRuntime } from '#persistence';
+import { Database, EngineRepository, OPERATION_CHANNEL, MemoryGroupRepository, VmRepository, type ClaimedOperation, type MemoryGroupRecord, type OperationEnd, type Sql, type VmContext, type VmRecord, type VmRuntime } from '#persistence';
 import { PoolLedger } from '../pool-ledger';
 
 export type { VmRuntime };
@@ -78,6 +78,7 @@ export class EngineStore {
       `update operations set state = 'PENDING', error = $2::jsonb, steps = $3::jsonb, progress_percent = $4, updated_at = now() where id = $1::uuid and state = 'RUNNING'`,
       [operationId, JSON.stringify(error), JSON.stringify(steps.steps), steps.progressPercent],
     );
+    this.db.sql.notify(OPERATION_CHANNEL, operationId);
   }
 
   async setVmRunning(vmId: string, runtime: VmRuntime): Promise<void> {
@@ -128,6 +129,7 @@ export class EngineStore {
          where id = $1::uuid and state in ('PENDING', 'RUNNING')`,
         [operationId, vm.uid, JSON.stringify(devices), JSON.stringify(steps)],
       );
+      sql.notify(OPERATION_CHANNEL, operationId);
     });
   }
 
