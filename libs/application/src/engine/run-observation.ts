@@ -37,17 +37,29 @@ export class RunObservation {
     return o;
   }
 
-  /** The last view, until something changes (a run asks for it before every decision). */
-  private viewed: ObservedVmMemory | undefined;
+  /*
+   * A run asks for the view before every decision, and a VM may have hundreds of devices
+   * and thousands of blocks, so each part is rebuilt only when it changed: the devices when
+   * QEMU's list was re-read or one of them changed, the blocks when one came or went (a
+   * block's online state and zone change in place: the view holds the same objects), the
+   * backends when one was added or deleted.
+   */
+  private devicesView: ObservedMemoryDevice[] | undefined;
+  private blocksView: ObservedMemoryBlock[] | undefined;
+  private backendsView: string[] | undefined;
 
-  /** The reconciler's input. */
+  /** The reconciler's input (a new object each time; its arrays are shared until their part changes, never to be modified). */
   view(): ObservedVmMemory {
-    return (this.viewed ??= this.build());
+    return {
+      devices: (this.devicesView ??= this.buildDevices()),
+      backendIds: (this.backendsView ??= [...this.backendIds]),
+      guestBlockSizeBytes: this.guestBlockSizeBytes,
+      blocks: (this.blocksView ??= [...this.blocks.values()].sort((a, b) => a.index - b.index)),
+    };
   }
 
-  private build(): ObservedVmMemory {
-    return {
-      devices: this.devices.flatMap((d): ObservedMemoryDevice[] => {
+  private buildDevices(): ObservedMemoryDevice[] {
+    return this.devices.flatMap((d): ObservedMemoryDevice[] => {
         if (d.kind === 'dimm' && d.id)
           return [{ id: d.id, model: 'pc-dimm', backendId: d.memdev.split('/').pop()!, addrBytes: d.addressBytes, sizeBytes: d.sizeBytes, node: d.node }];
         if (d.kind === 'virtio-mem' && d.id)
@@ -64,11 +76,7 @@ export class RunObservation {
             },
           ];
         return [];
-      }),
-      backendIds: [...this.backendIds],
-      guestBlockSizeBytes: this.guestBlockSizeBytes,
-      blocks: [...this.blocks.values()].sort((a, b) => a.index - b.index),
-    };
+    });
   }
 
   /**
@@ -79,10 +87,10 @@ export class RunObservation {
 
   /** Re-reads QEMU's memory devices; a change in a device's plugged size or place makes the blocks stale. */
   async refreshDevices(): Promise<void> {
-    const before = fingerprint(this.devices);
+    const before = this.devices;
     this.devices = await this.driver.queryMemoryDevices(this.vmId);
-    this.viewed = undefined;
-    if (fingerprint(this.devices) !== before) this.blocksStale = true;
+    this.devicesView = undefined;
+    if (!samePlacement(before, this.devices)) this.blocksStale = true;
   }
 
   /** Re-reads the guest's memory blocks; a zone learnt in this run stays with a block that stayed online. */
@@ -91,7 +99,7 @@ export class RunObservation {
     const blocks = await this.driver.guestMemoryBlocks(this.vmId);
     const known = new Map(this.blocks);
     this.blocks.clear();
-    this.viewed = undefined;
+    this.blocksView = undefined;
     for (const b of blocks) {
       const zone = known.get(b.physIndex)?.online && b.online ? known.get(b.physIndex)?.zone : undefined;
       this.blocks.set(b.physIndex, { index: b.physIndex, online: b.online, ...(zone ? { zone } : {}) });
@@ -115,10 +123,10 @@ export class RunObservation {
 
   /** Takes in what a step QEMU or the guest accepted changed, and says what must be re-read to know the rest. */
   applied(step: Exclude<HotplugStep, { kind: 'done' } | { kind: 'wait' }>, responses?: readonly GuestMemoryBlockResponse[]): { rereadDevices: boolean; rereadBlocks: boolean } {
-    this.viewed = undefined;
     switch (step.kind) {
       case 'object-add':
         this.backendIds.add(String(step.command.arguments['id']));
+        this.backendsView = undefined;
         return { rereadDevices: false, rereadBlocks: false };
       case 'device-add':
         // Where QEMU placed it, and the blocks the guest adds for it: both to be read.
@@ -126,6 +134,7 @@ export class RunObservation {
       case 'set-requested-size': {
         const d = this.devices.find((x) => x.id === step.deviceId);
         if (d?.kind === 'virtio-mem') d.requestedSizeBytes = step.bytes;
+        this.devicesView = undefined;
         return { rereadDevices: true, rereadBlocks: false };
       }
       case 'online-blocks':
@@ -135,6 +144,7 @@ export class RunObservation {
           const b = this.blocks.get(r.physIndex);
           if (r.response === 'not-found') {
             this.blocks.delete(r.physIndex);
+            this.blocksView = undefined;
             gone = true;
           } else if (b && r.response === 'success') {
             b.online = step.kind === 'online-blocks';
@@ -151,17 +161,30 @@ export class RunObservation {
         const removed = this.blocksOfDevice(step.deviceId);
         for (const b of removed) this.blocks.delete(b.index);
         this.devices = this.devices.filter((d) => d.id !== step.deviceId);
+        this.blocksView = undefined;
+        this.devicesView = undefined;
         return { rereadDevices: false, rereadBlocks: false };
       }
       case 'object-del':
         this.backendIds.delete(step.backendId);
+        this.backendsView = undefined;
         return { rereadDevices: false, rereadBlocks: false };
     }
   }
 }
 
-function fingerprint(devices: readonly MemoryDevice[]): string {
-  return devices
-    .map((d) => (d.kind === 'other' ? `${d.type}:${d.id}` : `${d.kind}:${d.id}:${d.addressBytes}:${d.sizeBytes}`))
-    .join('|');
+/** The same devices, in the same order, each with the same place and plugged size. */
+function samePlacement(a: readonly MemoryDevice[], b: readonly MemoryDevice[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i]!;
+    const y = b[i]!;
+    if (x.kind !== y.kind || x.id !== y.id) return false;
+    if (x.kind === 'other' || y.kind === 'other') {
+      if (x.kind === 'other' && y.kind === 'other' && x.type !== y.type) return false;
+      continue;
+    }
+    if (x.addressBytes !== y.addressBytes || x.sizeBytes !== y.sizeBytes) return false;
+  }
+  return true;
 }
