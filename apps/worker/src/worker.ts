@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { Queue, Worker, type Job } from 'bullmq';
 import { DriftMonitor, EngineStore, OperationExecutor, type ExecutorConfig } from '#application';
@@ -117,12 +118,17 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       throw e;
     } finally {
       await unlock();
-      if (!retryLater) {
-        const next = await store.headOperation(vmId).catch(() => undefined);
-        const after = ran[ran.length - 1]?.operationId ?? job.id;
-        if (next) await queue.add(EXECUTE_OPERATION, { operationId: next, vmId }, { ...enqueueOptions, jobId: `${operationJobId(next)}-after-${after}` }).catch(() => undefined);
-      }
+      if (!retryLater) await requeueHead(vmId, ran[ran.length - 1]?.operationId ?? job.id);
     }
+  };
+  /**
+   * After letting go of a VM: a job that came for it meanwhile found it locked and ended,
+   * so its operation is queued again (a job id of its own: one that ended already would
+   * swallow the add).
+   */
+  const requeueHead = async (vmId: string, after: string | undefined) => {
+    const next = await store.headOperation(vmId).catch(() => undefined);
+    if (next) await queue.add(EXECUTE_OPERATION, { operationId: next, vmId }, { ...enqueueOptions, jobId: `${operationJobId(next)}-after-${after}` }).catch(() => undefined);
   };
 
   const worker =
@@ -182,7 +188,16 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     worker && driftMs > 0
       ? new DriftMonitor(store, driver, {
           observe: (vmId) => executor.observe(vmId),
-          lockVm: (vmId) => locks.tryLock(vmId),
+          // The check holds the VM's operation lock too: an operation that arrives meanwhile
+          // is queued again when the check lets go, not left to the sweeper (30 s later).
+          lockVm: async (vmId) => {
+            const unlock = await locks.tryLock(vmId);
+            if (!unlock) return undefined;
+            return async () => {
+              await unlock();
+              await requeueHead(vmId, `drift-check-${randomUUID()}`);
+            };
+          },
           recheckAfterMs: driftMs / 2,
           log,
         })
