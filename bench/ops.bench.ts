@@ -34,7 +34,7 @@ import { startMemplane } from '../apps/api/src/server';
 import { cachedGuestImages, startWorker, type RunningWorker } from '../apps/worker/src/worker';
 import { RecordingDriver } from './recording-driver';
 import { callsBetween, timedDriver } from './timed-driver';
-import { cxlHostBody } from '#testing/fixtures';
+import { cxlHostBody, recordingExecutorConfig } from '#testing/fixtures';
 
 const MiB = 1024 ** 2;
 const GiB = 1024 ** 3;
@@ -179,16 +179,7 @@ async function queueBench(databaseUrl: string, redisUrl: string, runtimeDir: str
     intake: false,
     concurrency: CONCURRENCY,
     driver,
-    executor: {
-      runtimeDir,
-      bootImage: () => ({ kernel: '/dev/null', initrd: '/dev/null', append: '' }),
-      accel: 'tcg',
-      cpuModel: 'max',
-      hostNodeBinding: 'none' as const,
-      convergeTimeoutMs: 10_000,
-      deviceDelTimeoutMs: 5_000,
-      bootTimeoutMs: 10_000,
-    },
+    executor: recordingExecutorConfig(runtimeDir),
   };
   let worker: RunningWorker | undefined = await startWorker(workerOptions);
   const pg = new Client({ connectionString: databaseUrl });

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { GuestMemoryBlock } from '#hypervisor';
-import { cxlHostBody } from '#testing/fixtures';
+import { cxlHostBody, recordingExecutorConfig } from '#testing/fixtures';
 import { testServices } from '#testing/services';
 import { GiB, http, MiB, startTestApi, type TestApi } from '../../api/test/harness';
 import { RecordingDriver } from '../../../bench/recording-driver';
@@ -46,16 +46,7 @@ describe('an operation that arrives during a drift check', () => {
       intake: false,
       driver,
       driftCheckIntervalMs: 100,
-      executor: {
-        runtimeDir,
-        bootImage: () => ({ kernel: '/dev/null', initrd: '/dev/null', append: '' }),
-        accel: 'tcg',
-        cpuModel: 'max',
-        hostNodeBinding: 'none',
-        convergeTimeoutMs: 10_000,
-        deviceDelTimeoutMs: 5_000,
-        bootTimeoutMs: 10_000,
-      },
+      executor: recordingExecutorConfig(runtimeDir),
     });
     assert.equal((await http(api, 'POST', '/v1/hosts', { body: cxlHostBody('hv-d', 16 * GiB) })).status, 201);
     assert.equal((await http(api, 'POST', '/v1/pools', { body: { name: 'cxl-d', host: 'hv-d', hostNodeId: 1, capacityBytes: 4 * GiB } })).status, 201);

@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
+import { recordingExecutorConfig } from '#testing/fixtures';
 import { testServices } from '#testing/services';
 import { GiB, http, MiB, startTestApi, type TestApi } from '../../api/test/harness';
 import { RecordingDriver } from '../../../bench/recording-driver';
@@ -36,16 +37,7 @@ describe('operations of one VM, two workers', () => {
           intake: false,
           concurrency: 3,
           driver,
-          executor: {
-            runtimeDir,
-            bootImage: () => ({ kernel: '/dev/null', initrd: '/dev/null', append: '' }),
-            accel: 'tcg',
-            cpuModel: 'max',
-            hostNodeBinding: 'none',
-            convergeTimeoutMs: 10_000,
-            deviceDelTimeoutMs: 5_000,
-            bootTimeoutMs: 10_000,
-          },
+          executor: recordingExecutorConfig(runtimeDir),
         }),
       );
     }

@@ -1,4 +1,5 @@
 import { GiB } from '#domain';
+import type { ExecutorConfig } from '#application';
 
 /**
  * The hypervisor host the engine's end-to-end tests and bench:ops create: node 0 with the
@@ -17,5 +18,23 @@ export function cxlHostBody(name: string, cxlMemoryBytes = 16 * GiB) {
       { cpuNodeId: 0, memoryNodeId: 1, readLatencyNs: 250, writeLatencyNs: 250, readBandwidthMBps: 20480, writeBandwidthMBps: 20480 },
     ],
     distances: [{ fromNodeId: 0, toNodeId: 1, distance: 25 }],
+  };
+}
+
+/**
+ * The worker's executor settings beside the bench's in-process hypervisor
+ * (bench/recording-driver.ts): no guest to boot, so no kernel or initrd, and short
+ * timeouts (the simulation answers at once).
+ */
+export function recordingExecutorConfig(runtimeDir: string): ExecutorConfig {
+  return {
+    runtimeDir,
+    bootImage: () => ({ kernel: '/dev/null', initrd: '/dev/null', append: '' }),
+    accel: 'tcg',
+    cpuModel: 'max',
+    hostNodeBinding: 'none',
+    convergeTimeoutMs: 10_000,
+    deviceDelTimeoutMs: 5_000,
+    bootTimeoutMs: 10_000,
   };
 }
