@@ -28,7 +28,7 @@ import {
   type OperationRollback,
   type VmSpec,
 } from '#domain';
-import { MemoryGroupRepository, OperationRepository, VmRepository, type MemoryGroupRecord, type Sql, type VmRecord } from '#persistence';
+import { MemoryGroupRepository, VmRepository, type GroupChangeWrites, type MemoryGroupRecord, type VmRecord } from '#persistence';
 import type { CallContext } from './context';
 import type { LockedGroupChange, Mutations } from './mutations';
 import { pageToken, parsePageRequest, type Page } from './pagination';
@@ -102,7 +102,6 @@ export function memoryGroupView(vm: VmRecord, all: readonly MemoryGroupRecord[],
 export class MemoryGroupService {
   private readonly vms = new VmRepository();
   private readonly groups = new MemoryGroupRepository();
-  private readonly operations = new OperationRepository();
   private readonly ledger = new PoolLedger();
 
   constructor(private readonly mutations: Mutations) {}
@@ -111,7 +110,7 @@ export class MemoryGroupService {
     authorize(ctx.principal, 'vms.write');
     const resource = `vms/${input.vm}/memoryGroups/${input.name}`;
     const spec = { method: 'CreateMemoryGroup', resource, requestId, request: input };
-    return this.mutations.runGroupChange(ctx, spec, { vm: input.vm, group: input.name, pool: input.pool }, async ({ vm, groups, pool, ledger }, sql) => {
+    return this.mutations.runGroupChange(ctx, spec, { vm: input.vm, group: input.name, pool: input.pool }, async ({ vm, groups, pool, ledger }) => {
       const mode = groupChangeMode(vm.name, vm.state);
       const shape = normalizeGroupInput(input, vm);
       const settings = settingsOf(vm);
@@ -152,7 +151,6 @@ export class MemoryGroupService {
       const bytes = shape.kind === 'STATIC' ? shape.sizeBytes : shape.requestedBytes;
       const change = bytes === 0 ? undefined : this.ledger.compute(ledger, pool, this.ledgerGroup(vm, record), bytes, 'reserve');
       record.heldBytes = change?.heldBytes ?? 0;
-      // The group row goes first: the operation refers to it.
       const insertGroup = {
         id: record.uid,
         vmId: vm.uid,
@@ -169,14 +167,11 @@ export class MemoryGroupService {
         heldBytes: record.heldBytes,
         createTime: now,
       };
-      if (mode === 'OPERATION') {
-        await this.groups.insertRecord(sql, insertGroup);
-        const op = await this.recordOperation(sql, ctx, vm, record, 'PLUG', { kind: 'PLUG' }, requestId);
-        record.activeOperation = { name: op, kind: 'PLUG', state: 'PENDING' };
-      }
+      const insertOperation = mode === 'OPERATION' ? this.newOperation(ctx, vm, record, 'PLUG', { kind: 'PLUG' }, requestId) : undefined;
+      if (insertOperation) record.activeOperation = { name: insertOperation.id, kind: 'PLUG', state: 'PENDING' };
       return {
         result: memoryGroupView(vm, [...groups, record], record, settings),
-        writes: { ...(mode === 'OPERATION' ? {} : { insertGroup }), ...(change ? { ledger: { poolId: pool.id, change } } : {}) },
+        writes: { insertGroup, ...(insertOperation ? { insertOperation } : {}), ...(change ? { ledger: { poolId: pool.id, change } } : {}) },
       };
     });
   }
@@ -220,7 +215,7 @@ export class MemoryGroupService {
     authorize(ctx.principal, 'vms.write');
     const resource = `vms/${vmName}/memoryGroups/${name}`;
     const spec = { method: 'ResizeMemoryGroup', resource, requestId, request: { vm: vmName, name, requestedBytes, etag } };
-    return this.mutations.runGroupChange(ctx, spec, { vm: vmName, group: name }, async (locked, sql) => {
+    return this.mutations.runGroupChange(ctx, spec, { vm: vmName, group: name }, async (locked) => {
       const { vm, groups, g, ledger } = this.lockedGroup(locked, vmName, name, etag);
       const mode = groupChangeMode(vm.name, vm.state);
       assertResizable(vm.name, g);
@@ -242,11 +237,13 @@ export class MemoryGroupService {
       g.etag = etagOf(g.version);
       g.updateTime = new Date();
       const updateGroup = { id: g.uid, requestedBytes, state: g.state, heldBytes: g.heldBytes, updateTime: g.updateTime };
-      if (mode === 'OPERATION') {
-        const rollback: OperationRollback = { kind: 'RESIZE', requestedBytes: before.requestedBytes, heldBytes: before.heldBytes, groupState: before.state };
-        g.activeOperation = { name: await this.recordOperation(sql, ctx, vm, g, 'RESIZE', rollback, requestId), kind: 'RESIZE', state: 'PENDING' };
-      }
-      return { result: memoryGroupView(vm, groups, g, settings), writes: { updateGroup, ...(change ? { ledger: { poolId: g.poolId, change } } : {}) } };
+      const rollback: OperationRollback = { kind: 'RESIZE', requestedBytes: before.requestedBytes, heldBytes: before.heldBytes, groupState: before.state };
+      const insertOperation = mode === 'OPERATION' ? this.newOperation(ctx, vm, g, 'RESIZE', rollback, requestId) : undefined;
+      if (insertOperation) g.activeOperation = { name: insertOperation.id, kind: 'RESIZE', state: 'PENDING' };
+      return {
+        result: memoryGroupView(vm, groups, g, settings),
+        writes: { updateGroup, ...(insertOperation ? { insertOperation } : {}), ...(change ? { ledger: { poolId: g.poolId, change } } : {}) },
+      };
     });
   }
 
@@ -255,7 +252,7 @@ export class MemoryGroupService {
     authorize(ctx.principal, 'vms.write');
     const resource = `vms/${vmName}/memoryGroups/${name}`;
     const spec = { method: 'DeleteMemoryGroup', resource, requestId, request: { vm: vmName, name, etag } };
-    return this.mutations.runGroupChange<MemoryGroupDeletion>(ctx, spec, { vm: vmName, group: name }, async (locked, sql) => {
+    return this.mutations.runGroupChange<MemoryGroupDeletion>(ctx, spec, { vm: vmName, group: name }, async (locked) => {
       const { vm, groups, g, ledger } = this.lockedGroup(locked, vmName, name, etag);
       const mode = groupChangeMode(vm.name, vm.state);
       assertNoActiveGroupOperation(vm.name, g.name, g.activeOperation);
@@ -273,10 +270,11 @@ export class MemoryGroupService {
       g.version += 1;
       g.etag = etagOf(g.version);
       g.updateTime = new Date();
-      g.activeOperation = { name: await this.recordOperation(sql, ctx, vm, g, 'UNPLUG', rollback, requestId), kind: 'UNPLUG', state: 'PENDING' };
+      const insertOperation = this.newOperation(ctx, vm, g, 'UNPLUG', rollback, requestId);
+      g.activeOperation = { name: insertOperation.id, kind: 'UNPLUG', state: 'PENDING' };
       return {
         result: { memoryGroup: view(), deleted: false },
-        writes: { updateGroup: { id: g.uid, desiredState: 'ABSENT', state: 'UNPLUGGING', updateTime: g.updateTime } },
+        writes: { updateGroup: { id: g.uid, desiredState: 'ABSENT', state: 'UNPLUGGING', updateTime: g.updateTime }, insertOperation },
       };
     });
   }
@@ -295,30 +293,27 @@ export class MemoryGroupService {
     return { uid: g.uid, label: `${vm.name}/${g.name}`, heldBytes: g.heldBytes };
   }
 
-  private async recordOperation(
-    sql: Sql,
+  /** The operation a change to a running VM records (with its outbox message) when its batch commits. */
+  private newOperation(
     ctx: CallContext,
     vm: VmRecord,
     g: MemoryGroupRecord,
     kind: OperationKind,
     rollback: OperationRollback,
     requestId: string | undefined,
-  ): Promise<string> {
-    const op = await this.operations.create(
-      sql,
-      {
-        vmId: vm.uid,
-        vm: vm.name,
-        groupId: g.uid,
-        groupName: g.name,
-        kind,
-        steps: plannedSteps(kind, g.kind),
-        rollback,
-        ...(requestId ? { requestId } : {}),
-        principal: principalLabel(ctx),
-      },
-      OPERATIONS_TOPIC,
-    );
-    return op.name;
+  ): NonNullable<GroupChangeWrites['insertOperation']> {
+    return {
+      id: randomUUID(),
+      topic: OPERATIONS_TOPIC,
+      vmId: vm.uid,
+      vm: vm.name,
+      groupId: g.uid,
+      groupName: g.name,
+      kind,
+      steps: plannedSteps(kind, g.kind),
+      rollback,
+      ...(requestId ? { requestId } : {}),
+      principal: principalLabel(ctx),
+    };
   }
 }

@@ -73,13 +73,19 @@ export class Database {
    * complete statements (values already quoted as literals); a failing
    * `close` aborts the transaction before its COMMIT. Retried like `transaction`.
    */
-  async twoTripTransaction<T>(open: string, fn: (opened: Record<string, unknown>[], sql: Sql) => Promise<{ close: string; result: T }>, opts: { attempts?: number } = {}): Promise<T> {
+  async twoTripTransaction<T>(
+    open: string,
+    fn: (opened: Record<string, unknown>[], sql: Sql) => Promise<{ close: string; result: T; closed?: (rows: Record<string, unknown>[]) => void }>,
+    opts: { attempts?: number } = {},
+  ): Promise<T> {
     return this.retrying(opts.attempts, () =>
       this.inTransaction(async (client) => {
         const hints: [string, string][] = [];
+        const sql = new PgSql(client, (channel, payload) => hints.push([channel, payload]));
         const results = (await client.query(`begin; ${open}`)) as unknown as QueryResult[];
-        const { close, result } = await fn(results[1]?.rows ?? [], new PgSql(client, (channel, payload) => hints.push([channel, payload])));
-        await client.query(`${close}; commit`);
+        const { close, result, closed } = await fn(results[1]?.rows ?? [], sql);
+        const closing = (await client.query(`${close}; commit`)) as unknown as QueryResult[];
+        closed?.(closing[0]?.rows ?? []);
         for (const [channel, payload] of hints) this.hints.send(channel, payload);
         return result;
       }),

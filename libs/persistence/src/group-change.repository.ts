@@ -3,6 +3,8 @@ import type { GroupDesiredState, GroupObservedState, LedgerChange } from '#domai
 import type { AuditEntry } from './audit.repository';
 import type { Database } from './database';
 import type { IdempotencyKey } from './idempotency.repository';
+import { OUTBOX_CHANNEL } from './notifications';
+import type { NewOperation } from './operation.repository';
 import { lockedLedgerFromJson, poolFactsFromRow, type FactsRow, type LedgerJson, type LockedLedger, type PoolFacts } from './ledger.repository';
 import { lockedVmFromJson, type LockedVmJson, type MemoryGroupRecord, type NewGroupRow } from './memory-group.repository';
 import type { Sql } from './sql';
@@ -29,6 +31,8 @@ export interface GroupChangeWrites {
   updateGroup?: { id: string; requestedBytes?: number; desiredState?: GroupDesiredState; state?: GroupObservedState; heldBytes?: number; updateTime: Date };
   /** An allocator change on the pool; the group's new holding travels in insertGroup/updateGroup, or the group is deleted. */
   ledger?: { poolId: string; change: LedgerChange };
+  /** The operation of a change to a running VM, with its outbox message (after the group's row). */
+  insertOperation?: NewOperation & { id: string; topic: string };
   deleteGroup?: string;
 }
 
@@ -58,7 +62,16 @@ export class GroupChangeRepository {
     };
     return db.twoTripTransaction(`select memplane_open_group_changes(${jsonLiteral(open)}) as r`, async (rows, sql) => {
       const { writes, result } = await decide(parseOpened(rows[0]?.r as OpenedJson, items.map((i) => i.target.vm)), sql);
-      return { close: `select memplane_close_group_changes(${jsonLiteral({ changes: writes.map(closePayload) })})`, result };
+      return {
+        close: `select memplane_close_group_changes(${jsonLiteral({ changes: writes.map(closePayload) })}) as recorded`,
+        result,
+        // The outbox dispatchers hear of the operations once the batch commits.
+        closed: (closeRows) => {
+          for (const r of (closeRows[0]?.recorded ?? []) as { operation: string; vmId: string; outbox: number }[]) {
+            sql.notify(OUTBOX_CHANNEL, `${r.outbox} ${r.operation} ${r.vmId}`);
+          }
+        },
+      };
     });
   }
 }
@@ -136,6 +149,7 @@ function closePayload(w: GroupChangeWrites): Record<string, unknown> {
       deltaBytes: sum(added) - sum(removed),
     };
   }
+  if (w.insertOperation) out.insertOperation = w.insertOperation;
   if (w.deleteGroup) out.deleteGroup = w.deleteGroup;
   return out;
 }

@@ -15,7 +15,6 @@ import type { Tx } from './database';
 import type { PoolFacts } from './ledger.repository';
 import type { Sql } from './sql';
 import { vmRowToRecord, type VmRecord, type VmRow } from './vm.repository';
-import { isUniqueViolation } from './database';
 
 /** A stored group with what the API shows besides the rules' view. */
 export interface MemoryGroupRecord extends StoredMemoryGroup {
@@ -164,21 +163,6 @@ export class MemoryGroupRepository {
   async listForVm(sql: Sql, vmId: string): Promise<MemoryGroupRecord[]> {
     const rows = await sql.query<GroupRow>(`${GROUP_SELECT} where g.vm_id = $1::uuid order by g.created_at, g.id`, [vmId]);
     return rows.map(groupRowToRecord);
-  }
-
-  /** A new group under its VM's lock, holding `heldBytes` (its extents are the ledger's to write). */
-  async insertRecord(sql: Sql, g: NewGroupRow & { id: string; heldBytes: number; createTime: Date }): Promise<void> {
-    try {
-      await sql.query(
-        `insert into memory_groups (id, vm_id, name, pool_id, kind, size_bytes, max_size_bytes, block_size_bytes, requested_bytes, online_type, guest_node_id,
-           hotplugged, held_bytes, created_at, updated_at)
-         values ($1::uuid, $2::uuid, $3, $4::uuid, $5::"MemoryGroupKind", $6, $7, $8, $9, $10::"GroupOnlineType", $11::int, $12, $13, $14, $14)`,
-        [g.id, g.vmId, g.name, g.poolId, g.kind, g.sizeBytes, g.maxSizeBytes, g.blockSizeBytes, g.requestedBytes, g.onlineType, g.guestNodeId ?? null, g.hotplugged, g.heldBytes, g.createTime],
-      );
-    } catch (e) {
-      if (isUniqueViolation(e)) throw DomainError.exists('MEMORY_GROUP_ALREADY_EXISTS', `memory group ${g.name} already exists on this VM`, { name: g.name });
-      throw e;
-    }
   }
 
   /** Desired size and observed state of a DYNAMIC group; the ledger holding is written by the ledger. */
