@@ -199,6 +199,8 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
             };
           },
           recheckAfterMs: driftMs / 2,
+          // A VM being changed is checked once it has been quiet for half an interval.
+          quietAfterMs: driftMs / 2,
           log,
         })
       : undefined;

@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { GuestMemoryBlock } from '#hypervisor';
+import { Database, VmDriftRepository } from '#persistence';
 import { cxlHostBody, recordingExecutorConfig } from '#testing/fixtures';
 import { testServices } from '#testing/services';
 import { GiB, http, MiB, startTestApi, type TestApi } from '../../api/test/harness';
@@ -91,5 +92,17 @@ describe('an operation that arrives during a drift check', () => {
     assert.equal(await operationState(operation), 'PENDING');
     release();
     assert.equal(await ended(operation, 5_000), 'SUCCEEDED', 'ran within 5 s of the check letting go (the sweeper would take 30 s)');
+  });
+
+  it('leaves a VM whose last operation ended recently for a later pass', async () => {
+    const db = new Database({ url: api.databaseUrl, poolSize: 1 });
+    try {
+      const idle = async (quietForMs: number) => (await new VmDriftRepository().idleRunningVms(db.sql, { limit: 10, checkedWithinMs: 0, quietForMs })).map((v) => v.name);
+      // The plug above ended moments ago.
+      assert.deepEqual(await idle(10 * 60_000), []);
+      assert.deepEqual(await idle(0), ['vm-d']);
+    } finally {
+      await db.close();
+    }
   });
 });

@@ -8,17 +8,21 @@ import type { Sql } from './sql';
  */
 export class VmDriftRepository {
   /**
-   * RUNNING VMs with a QEMU on record, no PENDING or RUNNING operation and no check in the
-   * last `checkedWithinMs` (several workers then share the checks), oldest check first.
+   * RUNNING VMs with a QEMU on record, no PENDING or RUNNING operation, none that ended in
+   * the last `quietForMs` (a VM being changed is left alone until it is quiet: a check holds
+   * the VM's operation lock while it observes the guest, and the next operation would wait
+   * for it) and no check in the last `checkedWithinMs` (several workers then share the
+   * checks), oldest check first.
    */
-  async idleRunningVms(sql: Sql, opts: { limit: number; checkedWithinMs: number }): Promise<{ uid: string; name: string }[]> {
+  async idleRunningVms(sql: Sql, opts: { limit: number; checkedWithinMs: number; quietForMs?: number }): Promise<{ uid: string; name: string }[]> {
     return sql.query<{ uid: string; name: string }>(
       `select v.id as uid, v.name from vms v
        where v.state = 'RUNNING' and v.qemu_pid is not null
          and (v.memory_drift_checked_at is null or v.memory_drift_checked_at < now() - ($2 || ' milliseconds')::interval)
-         and not exists (select 1 from operations o where o.vm_id = v.id and o.state in ('PENDING', 'RUNNING'))
+         and not exists (select 1 from operations o where o.vm_id = v.id
+                           and (o.state in ('PENDING', 'RUNNING') or o.ended_at > now() - ($3 || ' milliseconds')::interval))
        order by v.memory_drift_checked_at nulls first, v.name limit $1`,
-      [opts.limit, String(opts.checkedWithinMs)],
+      [opts.limit, String(opts.checkedWithinMs), String(opts.quietForMs ?? 0)],
     );
   }
 

@@ -29,6 +29,8 @@ export interface DriftMonitorOptions {
   concurrency?: number;
   /** A VM checked (by any worker) this recently is left for the next pass. Default 0. */
   recheckAfterMs?: number;
+  /** A VM whose last operation ended this recently is left for a later pass. Default 0. */
+  quietAfterMs?: number;
   log?: (line: string) => void;
 }
 
@@ -88,7 +90,7 @@ export class DriftMonitor {
   private async pass(): Promise<DriftCheckOutcome[]> {
     const sql = this.store.db.sql;
     await this.drift.clearNotRunning(sql);
-    const queue = await this.drift.idleRunningVms(sql, { limit: 1000, checkedWithinMs: this.options.recheckAfterMs ?? 0 });
+    const queue = await this.drift.idleRunningVms(sql, { limit: 1000, checkedWithinMs: this.options.recheckAfterMs ?? 0, quietForMs: this.options.quietAfterMs ?? 0 });
     const out: DriftCheckOutcome[] = [];
     const worker = async () => {
       for (let vm = queue.shift(); vm && !this.stopped; vm = queue.shift()) {
