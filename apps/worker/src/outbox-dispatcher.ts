@@ -1,5 +1,5 @@
 import type { EngineStore } from '#application';
-import { OUTBOX_CHANNEL, type PgNotifications } from '#persistence';
+import { OUTBOX_CHANNEL, parseOutboxHint, type PgNotifications } from '#persistence';
 
 export interface OutboxDispatcherOptions {
   notifications: PgNotifications;
@@ -43,12 +43,12 @@ export class OutboxDispatcher {
     this.kick();
   }
 
-  /** "<outbox id> <operation id> <vm id>", or just the outbox id for a row that is not an operation's. */
+  /** An operation's outbox row is queued with the next batch; any other row makes the dispatcher read the outbox. */
   private notify(payload: string): void {
-    const [id, operationId, vmId] = payload.split(' ');
     if (this.stopped) return;
-    if (!id || !operationId || !vmId) return this.kick();
-    this.notified.push({ id, operationId, vmId });
+    const row = parseOutboxHint(payload);
+    if (!row) return this.kick();
+    this.notified.push(row);
     if (!this.sending) this.sending = new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.sendNotified());
   }
 

@@ -55,12 +55,10 @@ export class Database {
   /** A READ COMMITTED transaction in raw SQL on one pooled connection; retried like `transaction`. */
   async sqlTransaction<T>(fn: (sql: Sql) => Promise<T>, opts: { attempts?: number } = {}): Promise<T> {
     return this.retrying(opts.attempts, () =>
-      this.inTransaction(async (client) => {
-        const hints: [string, string][] = [];
+      this.inTransaction(async (client, sql) => {
         await client.query('begin');
-        const out = await fn(new PgSql(client, (channel, payload) => hints.push([channel, payload])));
+        const out = await fn(sql);
         await client.query('commit');
-        for (const [channel, payload] of hints) this.hints.send(channel, payload);
         return out;
       }),
     );
@@ -79,25 +77,29 @@ export class Database {
     opts: { attempts?: number } = {},
   ): Promise<T> {
     return this.retrying(opts.attempts, () =>
-      this.inTransaction(async (client) => {
-        const hints: [string, string][] = [];
-        const sql = new PgSql(client, (channel, payload) => hints.push([channel, payload]));
+      this.inTransaction(async (client, sql) => {
         const results = (await client.query(`begin; ${open}`)) as unknown as QueryResult[];
         const { close, result, closed } = await fn(results[1]?.rows ?? [], sql);
         const closing = (await client.query(`${close}; commit`)) as unknown as QueryResult[];
         closed?.(closing[0]?.rows ?? []);
-        for (const [channel, payload] of hints) this.hints.send(channel, payload);
         return result;
       }),
     );
   }
 
-  /** A pooled connection for `run`, which begins and commits; rolled back if it throws (a connection that cannot is dropped). */
-  private async inTransaction<T>(run: (client: PoolClient) => Promise<T>): Promise<T> {
+  /**
+   * A pooled connection for `run`, which begins and commits; rolled back if it throws (a
+   * connection that cannot is dropped). The hints given to `sql` (Sql.notify) go out once
+   * `run` has committed, and not at all if it throws.
+   */
+  private async inTransaction<T>(run: (client: PoolClient, sql: Sql) => Promise<T>): Promise<T> {
     const client = await this.pool.connect();
+    const hints: [string, string][] = [];
     let broken = false;
     try {
-      return await run(client);
+      const out = await run(client, new PgSql(client, (channel, payload) => hints.push([channel, payload])));
+      for (const [channel, payload] of hints) this.hints.send(channel, payload);
+      return out;
     } catch (e) {
       await client.query('rollback').catch(() => {
         broken = true;

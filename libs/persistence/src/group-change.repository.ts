@@ -3,7 +3,7 @@ import type { GroupDesiredState, GroupObservedState, LedgerChange } from '#domai
 import type { AuditEntry } from './audit.repository';
 import type { Database } from './database';
 import type { IdempotencyKey } from './idempotency.repository';
-import { OUTBOX_CHANNEL } from './notifications';
+import { OUTBOX_CHANNEL, outboxHint } from './notifications';
 import type { NewOperation } from './operation.repository';
 import { lockedLedgerFromJson, poolFactsFromRow, type FactsRow, type LedgerJson, type LockedLedger, type PoolFacts } from './ledger.repository';
 import { lockedVmFromJson, type LockedVmJson, type MemoryGroupRecord, type NewGroupRow } from './memory-group.repository';
@@ -68,7 +68,7 @@ export class GroupChangeRepository {
         // The outbox dispatchers hear of the operations once the batch commits.
         closed: (closeRows) => {
           for (const r of (closeRows[0]?.recorded ?? []) as { operation: string; vmId: string; outbox: number }[]) {
-            sql.notify(OUTBOX_CHANNEL, `${r.outbox} ${r.operation} ${r.vmId}`);
+            sql.notify(OUTBOX_CHANNEL, outboxHint({ outboxId: r.outbox, operationId: r.operation, vmId: r.vmId }));
           }
         },
       };

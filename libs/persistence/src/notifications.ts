@@ -4,8 +4,19 @@ type Listener = (payload: string) => void;
 
 /** An operation changed state; payload: its id. */
 export const OPERATION_CHANNEL = 'memplane_operation';
-/** An outbox message was recorded; payload: "<outbox id> <operation id> <vm id>" for an operation's, else "<outbox id>". */
+/** An outbox message was recorded; payload: outboxHint's, or just the outbox id for a row that is not an operation's. */
 export const OUTBOX_CHANNEL = 'memplane_outbox';
+
+/** An operation's outbox row, as an OUTBOX_CHANNEL payload ("<outbox id> <operation id> <vm id>"). */
+export function outboxHint(r: { outboxId: string | number; operationId: string; vmId: string }): string {
+  return `${r.outboxId} ${r.operationId} ${r.vmId}`;
+}
+
+/** The row an OUTBOX_CHANNEL payload names, or undefined when it names no operation. */
+export function parseOutboxHint(payload: string): { id: string; operationId: string; vmId: string } | undefined {
+  const [id, operationId, vmId] = payload.split(' ');
+  return id && operationId && vmId ? { id, operationId, vmId } : undefined;
+}
 
 /**
  * Postgres LISTEN on one dedicated connection, shared by everything in the process that

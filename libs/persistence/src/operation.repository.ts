@@ -8,7 +8,7 @@ import {
   type OperationState,
   type OperationStep,
 } from '#domain';
-import { OPERATION_CHANNEL, OUTBOX_CHANNEL } from './notifications';
+import { OPERATION_CHANNEL, OUTBOX_CHANNEL, outboxHint } from './notifications';
 import type { Sql } from './sql';
 
 export interface OperationRecord extends Operation {
@@ -102,7 +102,7 @@ export class OperationRepository {
     );
     const row = rows[0]!;
     // Wakes the outbox dispatchers once this commits (they read the outbox on a slow timer too).
-    sql.notify(OUTBOX_CHANNEL, `${row.outbox_id} ${row.id} ${row.vm_id}`);
+    sql.notify(OUTBOX_CHANNEL, outboxHint({ outboxId: row.outbox_id, operationId: row.id, vmId: row.vm_id }));
     return operationRowToRecord(row);
   }
 
