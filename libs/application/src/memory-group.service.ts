@@ -32,7 +32,7 @@ import { MemoryGroupRepository, VmRepository, type GroupChangeWrites, type Memor
 import type { CallContext } from './context';
 import type { LockedGroupChange, Mutations } from './mutations';
 import { pageToken, parsePageRequest, type Page } from './pagination';
-import { PoolLedger } from './pool-ledger';
+import { ledgerGroupOf, PoolLedger } from './pool-ledger';
 
 export interface MemoryGroupDeletion {
   memoryGroup: MemoryGroup;
@@ -149,7 +149,7 @@ export class MemoryGroupService {
         checkSparePciePorts(vm, groups.filter((g) => g.hotplugged && g.kind === 'DYNAMIC').length + 1);
       }
       const bytes = shape.kind === 'STATIC' ? shape.sizeBytes : shape.requestedBytes;
-      const change = bytes === 0 ? undefined : this.ledger.compute(ledger, pool, this.ledgerGroup(vm, record), bytes, 'reserve');
+      const change = bytes === 0 ? undefined : this.ledger.compute(ledger, pool, ledgerGroupOf(vm.name, record), bytes, 'reserve');
       record.heldBytes = change?.heldBytes ?? 0;
       const insertGroup = {
         id: record.uid,
@@ -229,7 +229,7 @@ export class MemoryGroupService {
       // On a VM at rest the holding follows the request; on a running one a
       // shrink keeps its extents until the RESIZE operation has unplugged the memory.
       const target = mode === 'DIRECT' ? requestedBytes : Math.max(requestedBytes, before.heldBytes);
-      const change = holdingBytes(target, g.poolFacts.granuleBytes) === before.heldBytes ? undefined : this.ledger.compute(ledger, g.poolFacts, this.ledgerGroup(vm, g), target, 'resize');
+      const change = holdingBytes(target, g.poolFacts.granuleBytes) === before.heldBytes ? undefined : this.ledger.compute(ledger, g.poolFacts, ledgerGroupOf(vm.name, g), target, 'resize');
       g.requestedBytes = requestedBytes;
       if (mode === 'OPERATION') g.state = 'RESIZING';
       g.heldBytes = change?.heldBytes ?? before.heldBytes;
@@ -259,7 +259,7 @@ export class MemoryGroupService {
       const settings = settingsOf(vm);
       const view = () => memoryGroupView(vm, groups, g, settings);
       if (mode === 'DIRECT') {
-        const change = g.heldBytes === 0 ? undefined : this.ledger.compute(ledger, g.poolFacts, this.ledgerGroup(vm, g), 0, 'release');
+        const change = g.heldBytes === 0 ? undefined : this.ledger.compute(ledger, g.poolFacts, ledgerGroupOf(vm.name, g), 0, 'release');
         g.desiredState = 'ABSENT';
         g.heldBytes = 0;
         return { result: { memoryGroup: view(), deleted: true }, writes: { deleteGroup: g.uid, ...(change ? { ledger: { poolId: g.poolId, change } } : {}) } };
@@ -287,10 +287,6 @@ export class MemoryGroupService {
     checkEtag('memory group', `${vmName}/${name}`, etag, g.etag);
     if (!ledger) throw new DomainError('INTERNAL', 'POOL_LEDGER_NOT_LOCKED', `memory group ${vmName}/${name}: its pool was not locked`);
     return { vm, groups, g, ledger };
-  }
-
-  private ledgerGroup(vm: VmRecord, g: MemoryGroupRecord) {
-    return { uid: g.uid, label: `${vm.name}/${g.name}`, heldBytes: g.heldBytes };
   }
 
   /** The operation a change to a running VM records (with its outbox message) when its batch commits. */

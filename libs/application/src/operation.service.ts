@@ -3,7 +3,7 @@ import { MemoryGroupRepository, OperationRepository, VmRepository, type Operatio
 import type { CallContext } from './context';
 import type { Mutations } from './mutations';
 import { pageToken, parsePageRequest, type Page } from './pagination';
-import { PoolLedger } from './pool-ledger';
+import { ledgerGroupOf, PoolLedger } from './pool-ledger';
 
 export function operationView(op: OperationRecord): Operation {
   const { vmId: _vm, groupId: _g, rollback: _r, seq: _s, ...view } = op;
@@ -95,18 +95,16 @@ export class OperationService {
     const groups = await this.groups.listForVm(sql, vm.uid);
     const g = groups.find((x) => x.uid === op.groupId);
     if (!g) throw new DomainError('INTERNAL', 'OPERATION_GROUP_MISSING', `operation ${op.name} is PENDING but its group ${op.memoryGroup ?? '?'} is gone`);
-    const ledgerGroup = { uid: g.uid, label: `${vm.name}/${g.name}`, heldBytes: g.heldBytes };
     switch (r.kind) {
       case 'PLUG':
         // The group goes, and with it (in the same statement) its extents.
-        if (g.heldBytes > 0) await (await this.ledger.plan(sql, g.poolFacts, ledgerGroup, 0, 'release')).write({ deleteGroup: true });
-        else await this.groups.delete(sql, g.uid);
+        await this.ledger.deleteGroup(sql, vm.name, g);
         return;
       case 'UNPLUG':
         await this.groups.setDesired(sql, g.uid, 'PRESENT', r.groupState);
         return;
       case 'RESIZE':
-        if (g.heldBytes !== r.heldBytes) await this.ledger.set(sql, g.poolFacts, ledgerGroup, r.heldBytes, 'resize');
+        if (g.heldBytes !== r.heldBytes) await this.ledger.set(sql, g.poolFacts, ledgerGroupOf(vm.name, g), r.heldBytes, 'resize');
         await this.groups.setRequested(sql, g.uid, r.requestedBytes, r.groupState);
         return;
     }

@@ -9,7 +9,7 @@ import {
   ledgerResize,
   type LedgerChange,
 } from '#domain';
-import { LedgerRepository, type LockedLedger, type PoolFacts, type Sql } from '#persistence';
+import { LedgerRepository, MemoryGroupRepository, type LockedLedger, type MemoryGroupRecord, type PoolFacts, type Sql } from '#persistence';
 
 export interface LedgerGroup {
   uid: string;
@@ -31,34 +31,20 @@ function relabel(e: unknown, pool: string, group: LedgerGroup): unknown {
   });
 }
 
-/** A computed ledger change, not yet written. */
-export interface LedgerStep {
-  /** What the group holds once the step is written. */
-  heldBytes: number;
-  /** Writes the change in one statement; `deleteGroup` also deletes the group row (after a release). */
-  write(opts?: { deleteGroup?: boolean }): Promise<void>;
+/** A group as the ledger knows it: its uid, `vm/name` for messages, and what it holds. */
+export function ledgerGroupOf(vmName: string, g: Pick<MemoryGroupRecord, 'uid' | 'name' | 'heldBytes'>): LedgerGroup {
+  return { uid: g.uid, label: `${vmName}/${g.name}`, heldBytes: g.heldBytes };
 }
 
 /**
  * One ledger step inside the caller's transaction (which holds the VM lock):
  * lock the pool and read its extents (one round trip), run the pure
  * allocator, write the diff (one more). The pool row stays locked until the
- * transaction ends, so callers plan the step last.
+ * transaction ends, so callers move the ledger last.
  */
 export class PoolLedger {
   readonly repo = new LedgerRepository();
-
-  async plan(sql: Sql, pool: Omit<PoolFacts, 'host'>, group: LedgerGroup, bytes: number, mode: 'reserve' | 'resize' | 'release'): Promise<LedgerStep> {
-    const change = this.compute(await this.repo.lockAndRead(sql, pool.id), pool, group, bytes, mode);
-    return {
-      heldBytes: change.heldBytes,
-      write: async (opts = {}) => {
-        if (opts.deleteGroup || change.added.length > 0 || change.removed.length > 0) {
-          await this.repo.apply(sql, pool.id, change, { deleteGroup: opts.deleteGroup === true });
-        }
-      },
-    };
-  }
+  private readonly groups = new MemoryGroupRepository();
 
   /**
    * The allocator's change for a ledger read under the pool's lock (pure):
@@ -84,10 +70,29 @@ export class PoolLedger {
     }
   }
 
-  /** plan + write, for callers that do not hand the answer record over. */
-  async set(sql: Sql, pool: Omit<PoolFacts, 'host'>, group: LedgerGroup, bytes: number, mode: 'reserve' | 'resize' | 'release'): Promise<number> {
-    const step = await this.plan(sql, pool, group, bytes, mode);
-    await step.write();
-    return step.heldBytes;
+  /**
+   * Moves the group's holding to `bytes` and writes the change in one statement (none when
+   * nothing moves); with `deleteGroup` (after a release) the group row goes in it too.
+   * Returns what the group holds now.
+   */
+  async set(
+    sql: Sql,
+    pool: Omit<PoolFacts, 'host'>,
+    group: LedgerGroup,
+    bytes: number,
+    mode: 'reserve' | 'resize' | 'release',
+    opts: { deleteGroup?: boolean } = {},
+  ): Promise<number> {
+    const change = this.compute(await this.repo.lockAndRead(sql, pool.id), pool, group, bytes, mode);
+    if (opts.deleteGroup || change.added.length > 0 || change.removed.length > 0) {
+      await this.repo.apply(sql, pool.id, change, { deleteGroup: opts.deleteGroup === true });
+    }
+    return change.heldBytes;
+  }
+
+  /** Deletes a group with its extents, in one statement (a group that holds nothing leaves its pool unlocked). */
+  async deleteGroup(sql: Sql, vmName: string, g: MemoryGroupRecord): Promise<void> {
+    if (g.heldBytes === 0) await this.groups.delete(sql, g.uid);
+    else await this.set(sql, g.poolFacts, ledgerGroupOf(vmName, g), 0, 'release', { deleteGroup: true });
   }
 }

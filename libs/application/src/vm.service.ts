@@ -92,8 +92,7 @@ export class VmService {
       }
       // Pools in one order, so two deletions never wait on each other's pools.
       for (const g of [...groups].sort((a, b) => (a.poolId < b.poolId ? -1 : a.poolId > b.poolId ? 1 : 0))) {
-        if (g.heldBytes === 0) await this.groups.delete(sql, g.uid);
-        else await (await this.ledger.plan(sql, g.poolFacts, { uid: g.uid, label: `${vm.name}/${g.name}`, heldBytes: g.heldBytes }, 0, 'release')).write({ deleteGroup: true });
+        await this.ledger.deleteGroup(sql, vm.name, g);
       }
       await this.vms.delete(sql, vm.uid);
       return null;

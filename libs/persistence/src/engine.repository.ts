@@ -3,7 +3,7 @@ import { GROUP_SELECT, groupRowToRecord, type GroupRow, type MemoryGroupRecord }
 import { OPERATION_CHANNEL } from './notifications';
 import { operationRowToRecord, type OperationRecord, type OpRow } from './operation.repository';
 import type { Sql } from './sql';
-import { vmRowToRecord, type VmRecord, type VmRow } from './vm.repository';
+import { VM_SPEC_COLUMNS, vmRowToRecord, type VmRecord, type VmRow } from './vm.repository';
 
 /** Where a running VM's QEMU can be found again, by any worker (Postgres is the source of truth). */
 export interface VmRuntime {
@@ -65,11 +65,7 @@ interface ClaimRow {
 }
 
 // The VM as the engine needs it: no observed devices (the engine observes them itself).
-const VM_COLUMNS = `v.id, v.name, v.description, v.labels, v.host_id, h.name as host, h.state::text as host_state, v.kernel_profile, v.guest_memory,
-  v.memory_slots, v.max_memory_bytes, v.spare_pcie_ports, v.state::text as state, v.version, v.created_at, v.updated_at,
-  v.qemu_pid, v.qmp_socket_path, v.qga_socket_path, v.runtime_dir,
-  (select coalesce(json_agg(json_build_object('guestNodeId', n.guest_node_id, 'vcpus', n.vcpus, 'bootMemoryBytes', n.boot_memory_bytes, 'hostNodeId', n.host_node_id)
-     order by n.guest_node_id), '[]'::json) from vm_guest_nodes n where n.vm_id = v.id) as guest_nodes`;
+const VM_COLUMNS = `${VM_SPEC_COLUMNS}, v.runtime_dir`;
 
 // One statement ends an operation and/or claims the VM's next one, so a worker running a
 // VM's operations back to back needs one round trip between two of them:

@@ -76,13 +76,17 @@ export function vmRowToRecord(r: VmRow): VmRecord {
   };
 }
 
-// Guest nodes never change after creation, so reading them in the statement
-// that locks the VM row (with that statement's snapshot) is safe.
-const COLUMNS = `v.id, v.name, v.description, v.labels, v.host_id, h.name as host, h.state::text as host_state, v.kernel_profile, v.guest_memory,
+// The VM's spec, state and where its QEMU is (from `vms v join hosts h`). Guest nodes
+// never change after creation, so reading them in the statement that locks the VM row
+// (with that statement's snapshot) is safe.
+export const VM_SPEC_COLUMNS = `v.id, v.name, v.description, v.labels, v.host_id, h.name as host, h.state::text as host_state, v.kernel_profile, v.guest_memory,
   v.memory_slots, v.max_memory_bytes, v.spare_pcie_ports, v.state::text as state, v.version, v.created_at, v.updated_at,
-  v.qemu_pid, v.qmp_socket_path, v.qga_socket_path, v.observed_devices, v.observed_at, v.memory_drift, v.memory_drift_checked_at,
+  v.qemu_pid, v.qmp_socket_path, v.qga_socket_path,
   (select coalesce(json_agg(json_build_object('guestNodeId', n.guest_node_id, 'vcpus', n.vcpus, 'bootMemoryBytes', n.boot_memory_bytes, 'hostNodeId', n.host_node_id)
      order by n.guest_node_id), '[]'::json) from vm_guest_nodes n where n.vm_id = v.id) as guest_nodes`;
+
+// What the API shows besides: the last observation and drift report.
+const COLUMNS = `${VM_SPEC_COLUMNS}, v.observed_devices, v.observed_at, v.memory_drift, v.memory_drift_checked_at`;
 
 export class VmRepository {
   async create(sql: Sql, hostId: string, spec: VmSpec): Promise<VmRecord> {

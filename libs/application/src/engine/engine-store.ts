@@ -1,6 +1,6 @@
 import { holdingBytes, type GroupObservedState, type OperationError, type OperationStep } from '#domain';
 import { Database, EngineRepository, OPERATION_CHANNEL, MemoryGroupRepository, VmRepository, type ClaimedOperation, type MemoryGroupRecord, type OperationEnd, type Sql, type VmContext, type VmRecord, type VmRuntime } from '#persistence';
-import { PoolLedger } from '../pool-ledger';
+import { ledgerGroupOf, PoolLedger } from '../pool-ledger';
 
 export type { VmRuntime };
 
@@ -122,7 +122,8 @@ export class EngineStore {
    */
   async completeUnplug(vm: VmRecord, group: MemoryGroupRecord, operationId: string, devices: unknown[], steps: OperationStep[]): Promise<void> {
     await this.db.sqlTransaction(async (sql) => {
-      await this.removeGroup(sql, vm, group);
+      const g = await this.lockedGroup(sql, vm, group);
+      if (g) await this.ledger.deleteGroup(sql, vm.name, g);
       await sql.query(
         `with v as (update vms set observed_devices = $3::jsonb, observed_at = now() where id = $2::uuid)
          update operations set state = 'SUCCEEDED', error = null, ended_at = now(), updated_at = now(), progress_percent = 100, steps = $4::jsonb
@@ -135,17 +136,16 @@ export class EngineStore {
 
   /** A cancelled plug: what it made is gone from QEMU, and the group goes with its extents, as cancelling a pending plug does. */
   async dropGroup(vm: VmRecord, group: MemoryGroupRecord): Promise<void> {
-    await this.db.sqlTransaction((sql) => this.removeGroup(sql, vm, group));
+    await this.db.sqlTransaction(async (sql) => {
+      const g = await this.lockedGroup(sql, vm, group);
+      if (g) await this.ledger.deleteGroup(sql, vm.name, g);
+    });
   }
 
-  private async removeGroup(sql: Sql, vm: VmRecord, group: MemoryGroupRecord): Promise<void> {
+  /** The group as it is now, read under its VM's lock (as every change to a VM's groups is); undefined once it is gone. */
+  private async lockedGroup(sql: Sql, vm: VmRecord, group: MemoryGroupRecord): Promise<MemoryGroupRecord | undefined> {
     const { groups } = await this.groups.lockVm(sql, vm.name);
-    const g = groups.find((x) => x.uid === group.uid);
-    if (g && g.heldBytes === 0) await this.groups.delete(sql, g.uid);
-    else if (g) {
-      const step = await this.ledger.plan(sql, g.poolFacts, { uid: g.uid, label: `${vm.name}/${g.name}`, heldBytes: g.heldBytes }, 0, 'release');
-      await step.write({ deleteGroup: true });
-    }
+    return groups.find((x) => x.uid === group.uid);
   }
 
   /**
@@ -154,10 +154,9 @@ export class EngineStore {
    */
   async releaseShrunk(vm: VmRecord, group: MemoryGroupRecord, requestedBytes: number): Promise<void> {
     await this.db.sqlTransaction(async (sql) => {
-      const { groups } = await this.groups.lockVm(sql, vm.name);
-      const g = groups.find((x) => x.uid === group.uid);
+      const g = await this.lockedGroup(sql, vm, group);
       if (!g || g.requestedBytes !== requestedBytes || g.heldBytes <= holdingBytes(requestedBytes, g.poolFacts.granuleBytes)) return;
-      await this.ledger.set(sql, g.poolFacts, { uid: g.uid, label: `${vm.name}/${g.name}`, heldBytes: g.heldBytes }, requestedBytes, 'resize');
+      await this.ledger.set(sql, g.poolFacts, ledgerGroupOf(vm.name, g), requestedBytes, 'resize');
     });
   }
 
@@ -167,10 +166,9 @@ export class EngineStore {
    */
   async releaseFailedPlug(vm: VmRecord, group: MemoryGroupRecord): Promise<void> {
     await this.db.sqlTransaction(async (sql) => {
-      const { groups } = await this.groups.lockVm(sql, vm.name);
-      const g = groups.find((x) => x.uid === group.uid);
+      const g = await this.lockedGroup(sql, vm, group);
       if (!g) return;
-      if (g.heldBytes > 0) await this.ledger.set(sql, g.poolFacts, { uid: g.uid, label: `${vm.name}/${g.name}`, heldBytes: g.heldBytes }, 0, 'release');
+      if (g.heldBytes > 0) await this.ledger.set(sql, g.poolFacts, ledgerGroupOf(vm.name, g), 0, 'release');
       await sql.query(
         `update memory_groups set state = 'FAILED', held_bytes = 0, plugged_bytes = 0, online_blocks = 0, online_zones = '{}'::jsonb, updated_at = now() where id = $1::uuid`,
         [g.uid],
@@ -195,10 +193,9 @@ export class EngineStore {
    */
   async followPlugged(vm: VmRecord, group: MemoryGroupRecord, pluggedBytes: number): Promise<void> {
     await this.db.sqlTransaction(async (sql) => {
-      const { groups } = await this.groups.lockVm(sql, vm.name);
-      const g = groups.find((x) => x.uid === group.uid);
+      const g = await this.lockedGroup(sql, vm, group);
       if (!g) return;
-      await this.ledger.set(sql, g.poolFacts, { uid: g.uid, label: `${vm.name}/${g.name}`, heldBytes: g.heldBytes }, pluggedBytes, 'resize');
+      await this.ledger.set(sql, g.poolFacts, ledgerGroupOf(vm.name, g), pluggedBytes, 'resize');
       await this.groups.setRequested(sql, g.uid, pluggedBytes, 'PLUGGED');
     });
   }
