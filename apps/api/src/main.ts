@@ -1,5 +1,5 @@
 import { loadConfigOrExit } from '#platform';
-import { executorConfigOf, startWorker } from '../../worker/src/worker';
+import { startWorker, workerOptionsOf } from '../../worker/src/worker';
 import { startMemplane } from './server';
 
 async function main(): Promise<void> {
@@ -10,15 +10,7 @@ async function main(): Promise<void> {
   // this process too, unless MEMPLANE_WORKER=off (run apps/worker separately, as many as wanted).
   const worker =
     config.worker.mode === 'embedded'
-      ? await startWorker({
-          databaseUrl: running.databaseUrl,
-          redisUrl: running.redisUrl,
-          prefix: config.worker.queuePrefix,
-          concurrency: config.worker.concurrency,
-          executor: executorConfigOf(config),
-          driftCheckIntervalMs: config.worker.driftCheckIntervalMs,
-          log: (line) => console.log(`[memplane-worker] ${line}`),
-        })
+      ? await startWorker({ ...workerOptionsOf(config, running), log: (line) => console.log(`[memplane-worker] ${line}`) })
       : undefined;
   let stopping = false;
   const stop = (signal: string) => {

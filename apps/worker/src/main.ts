@@ -1,5 +1,5 @@
 import { loadConfigOrExit, startDataServices } from '#platform';
-import { executorConfigOf, startWorker } from './worker';
+import { startWorker, workerOptionsOf } from './worker';
 
 /**
  * The worker: executes Operations against QEMU on this host. It shares the API's
@@ -11,15 +11,7 @@ async function main(): Promise<void> {
   const config = loadConfigOrExit();
   const log = (line: string) => console.log(`[memplane-worker] ${line}`);
   const data = await startDataServices(config, log);
-  const running = await startWorker({
-    databaseUrl: data.databaseUrl,
-    redisUrl: data.redisUrl,
-    prefix: config.worker.queuePrefix,
-    concurrency: config.worker.concurrency,
-    executor: executorConfigOf(config),
-    driftCheckIntervalMs: config.worker.driftCheckIntervalMs,
-    log,
-  });
+  const running = await startWorker({ ...workerOptionsOf(config, data), log });
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

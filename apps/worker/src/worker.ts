@@ -47,7 +47,7 @@ export interface RunningWorker {
  * The executor's settings from the typed boot configuration (the worker app's and the API's
  * when it runs a worker in-process); guest images from this checkout's cache.
  */
-export function executorConfigOf(config: Pick<AppConfig, 'dataDir' | 'worker'>): Omit<ExecutorConfig, 'log'> {
+function executorConfigOf(config: Pick<AppConfig, 'dataDir' | 'worker'>): Omit<ExecutorConfig, 'log'> {
   const w = config.worker;
   return {
     runtimeDir: join(config.dataDir, 'vms'),
@@ -59,6 +59,21 @@ export function executorConfigOf(config: Pick<AppConfig, 'dataDir' | 'worker'>):
     deviceDelTimeoutMs: w.deviceDelTimeoutMs,
     shrinkStallMs: w.shrinkStallMs,
     bootTimeoutMs: w.bootTimeoutMs,
+  };
+}
+
+/** A worker's options from the typed boot configuration, on the Postgres and Redis the process reached. */
+export function workerOptionsOf(
+  config: Pick<AppConfig, 'dataDir' | 'worker'>,
+  data: { databaseUrl: string; redisUrl: string },
+): Pick<WorkerOptions, 'databaseUrl' | 'redisUrl' | 'prefix' | 'concurrency' | 'executor' | 'driftCheckIntervalMs'> {
+  return {
+    databaseUrl: data.databaseUrl,
+    redisUrl: data.redisUrl,
+    prefix: config.worker.queuePrefix,
+    concurrency: config.worker.concurrency,
+    executor: executorConfigOf(config),
+    driftCheckIntervalMs: config.worker.driftCheckIntervalMs,
   };
 }
 

@@ -78,6 +78,13 @@ function isTransient(e: unknown): boolean {
  * rework (QEMU patch "virtio-mem-pci: Device unplug support", 2023; the release is unverified).
  */
 const VIRTIO_MEM_UNPLUG_SINCE: readonly [number, number] = [8, 1];
+/** Keeps `value` as the newest entry of a per-VM cache, forgetting the oldest beyond 1,024 VMs. */
+function remember<V>(cache: Map<string, V>, vmId: string, value: V): void {
+  cache.delete(vmId);
+  cache.set(vmId, value);
+  if (cache.size > 1024) cache.delete(cache.keys().next().value!);
+}
+
 /** While waiting, Postgres is asked for a cancel at most this often. */
 const CANCEL_CHECK_MS = 100;
 
@@ -168,9 +175,7 @@ export class OperationExecutor {
       const group = claimed.group;
       context = group ? { ...known.context, groups: known.context.groups.map((g) => (g.uid === group.uid ? group : g)) } : known.context;
     }
-    this.contexts.delete(vmId);
-    this.contexts.set(vmId, { key: claimed.contextKey, context });
-    if (this.contexts.size > 1024) this.contexts.delete(this.contexts.keys().next().value!);
+    remember(this.contexts, vmId, { key: claimed.contextKey, context });
     return { op: claimed.op, cancelRequested: claimed.cancelRequested, contextKey: claimed.contextKey, ...context };
   }
 
@@ -237,9 +242,7 @@ export class OperationExecutor {
     if (hit?.key === key) return hit.topology;
     const pools = new Map(groups.map((g) => [g.pool, { name: g.pool, hostNodeId: g.poolFacts.hostNodeId, memoryType: g.poolFacts.memoryType, ...(g.poolFacts.daxDevicePath ? { daxDevicePath: g.poolFacts.daxDevicePath } : {}) }]));
     const topology = compileTopology(topologyInputFromResources({ host: ctx.host, vm: ctx.vm, pools: [...pools.values()], groups }));
-    this.topologies.delete(ctx.vm.uid);
-    this.topologies.set(ctx.vm.uid, { key, topology });
-    if (this.topologies.size > 1024) this.topologies.delete(this.topologies.keys().next().value!);
+    remember(this.topologies, ctx.vm.uid, { key, topology });
     return topology;
   }
 

@@ -1,4 +1,4 @@
-import type { HotplugStep, ObservedMemoryBlock, ObservedMemoryDevice, ObservedVmMemory } from '#domain';
+import { blocksOf, type HotplugStep, type ObservedMemoryBlock, type ObservedMemoryDevice, type ObservedVmMemory } from '#domain';
 import type { GuestMemoryBlockResponse, HypervisorDriver, MemoryDevice } from '#hypervisor';
 
 /**
@@ -113,12 +113,9 @@ export class RunObservation {
 
   /** The guest blocks inside a device's region (the device as last seen). */
   blocksOfDevice(deviceId: string): ObservedMemoryBlock[] {
-    const d = this.devices.find((x) => x.id === deviceId);
-    if (!d || d.kind === 'other') return [];
-    const region = d.kind === 'dimm' ? d.sizeBytes : d.maxSizeBytes;
-    const first = Math.floor(d.addressBytes / this.guestBlockSizeBytes);
-    const end = Math.ceil((d.addressBytes + region) / this.guestBlockSizeBytes);
-    return [...this.blocks.values()].filter((b) => b.index >= first && b.index < end).sort((a, b) => a.index - b.index);
+    const view = this.view();
+    const device = view.devices.find((x) => x.id === deviceId);
+    return device ? blocksOf(device, view) : [];
   }
 
   /** Takes in what a step QEMU or the guest accepted changed, and says what must be re-read to know the rest. */
