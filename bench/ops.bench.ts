@@ -28,13 +28,14 @@ import { join } from 'node:path';
 import { Client } from 'pg';
 import { generateApiKey } from '#application';
 import { applyMigrations, freePort, loadConfig, projectRoot, startEmbeddedPostgres, startEmbeddedRedis } from '#platform';
-import { ensureGuestImages, GUEST_ACCEL, GUEST_CPU_MODEL } from '#testing/guest';
+import { ensureGuestImages } from '#testing/guest';
 import { LocalHypervisorDriver, type HypervisorDriver } from '#hypervisor';
 import { startMemplane } from '../apps/api/src/server';
-import { cachedGuestImages, startWorker, type RunningWorker } from '../apps/worker/src/worker';
+import { startWorker, type RunningWorker } from '../apps/worker/src/worker';
+import { guestExecutorConfig } from '../apps/worker/test/guest-executor';
 import { RecordingDriver } from './recording-driver';
 import { callsBetween, timedDriver } from './timed-driver';
-import { cxlHostBody, recordingExecutorConfig } from '#testing/fixtures';
+import { cxlHostBody, cxlVmBody, recordingExecutorConfig } from '#testing/fixtures';
 
 const MiB = 1024 ** 2;
 const GiB = 1024 ** 3;
@@ -388,16 +389,7 @@ async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: str
     redisUrl,
     prefix: `bg${process.pid}`,
     intake: false,
-    executor: {
-      runtimeDir,
-      bootImage: cachedGuestImages(projectRoot()),
-      accel: GUEST_ACCEL,
-      cpuModel: GUEST_CPU_MODEL,
-      hostNodeBinding: 'none',
-      convergeTimeoutMs: 30_000,
-      deviceDelTimeoutMs: 20_000,
-      bootTimeoutMs: 120_000,
-    },
+    executor: guestExecutorConfig(runtimeDir),
   });
   const driver = worker.driver;
   let vmId = '';
@@ -405,15 +397,7 @@ async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: str
   try {
     await must('POST', '/v1/hosts', 201, cxlHostBody('hv-guest', 256 * GiB));
     await must('POST', '/v1/pools', 201, { name: 'cxl-guest', host: 'hv-guest', hostNodeId: 1, capacityBytes: 4 * GiB });
-    const vm = await must('POST', '/v1/vms', 201, {
-      name: 'vm-bench',
-      host: 'hv-guest',
-      kernelProfile: 'linux-6.12',
-      guestNodes: [{ guestNodeId: 0, vcpus: 2, bootMemoryBytes: 512 * MiB, hostNodeId: 0 }],
-      memorySlots: 4,
-      maxMemoryBytes: 4 * GiB,
-      sparePciePorts: 1,
-    });
+    const vm = await must('POST', '/v1/vms', 201, cxlVmBody('vm-bench', 'hv-guest', 'linux-6.12'));
     vmId = vm.uid;
     await must('POST', '/v1/vms/vm-bench/memory-groups', 201, { name: 'base', pool: 'cxl-guest', kind: 'STATIC', sizeBytes: 256 * MiB, onlineType: 'ONLINE_MOVABLE' });
     const bootT0 = performance.now();

@@ -5,15 +5,15 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { Client } from 'pg';
 import { DRIFT_VM_LOCKED } from '#application';
-import { projectRoot } from '#platform';
 import { testServices } from '#testing/services';
-import { ensureGuestImages, eventually, GUEST_ACCEL, GUEST_CPU_MODEL } from '#testing/guest';
+import { ensureGuestImages, eventually } from '#testing/guest';
 import { MemoryDriftReason, MemoryDriftState } from '#contracts/generated/memplane/v1/drift';
 import { GetMemoryGroupRequest, MemoryGroupServiceClient, type MemoryGroup } from '#contracts/generated/memplane/v1/memory_group';
 import { GetVmRequest, VmServiceClient, type Vm } from '#contracts/generated/memplane/v1/vm';
 import { call, GiB, grpcMetadata, http, insecure, MiB, startTestApi, type TestApi } from '../../api/test/harness';
-import { cachedGuestImages, startWorker, type RunningWorker } from '../src/worker';
-import { cxlHostBody } from '#testing/fixtures';
+import { startWorker, type RunningWorker } from '../src/worker';
+import { guestExecutorConfig } from './guest-executor';
+import { cxlHostBody, cxlVmBody } from '#testing/fixtures';
 
 /**
  * Drift reporting against a real 6.12 guest: memory is changed behind the control plane's
@@ -85,16 +85,7 @@ describe('drift between desired and observed memory on a real linux-6.12 guest',
       databaseUrl: api.databaseUrl,
       redisUrl: testServices().redisUrl,
       prefix: `drift${process.pid}`,
-      executor: {
-        runtimeDir,
-        bootImage: cachedGuestImages(projectRoot()),
-        accel: GUEST_ACCEL,
-        cpuModel: GUEST_CPU_MODEL,
-        hostNodeBinding: 'none',
-        convergeTimeoutMs: 30_000,
-        deviceDelTimeoutMs: 20_000,
-        bootTimeoutMs: 120_000,
-      },
+      executor: guestExecutorConfig(runtimeDir),
       driftCheckIntervalMs: 300,
       log: (line) => logs.push(line),
     });
@@ -106,15 +97,7 @@ describe('drift between desired and observed memory on a real linux-6.12 guest',
     assert.equal(host.status, 201, JSON.stringify(host.body));
     assert.equal((await http(api, 'POST', '/v1/pools', { body: { name: 'cxl-drift', host: 'hv-drift', hostNodeId: 1, capacityBytes: 4 * GiB } })).status, 201);
     const vm = await http(api, 'POST', '/v1/vms', {
-      body: {
-        name: 'vm-drift',
-        host: 'hv-drift',
-        kernelProfile: 'linux-6.12',
-        guestNodes: [{ guestNodeId: 0, vcpus: 2, bootMemoryBytes: 512 * MiB, hostNodeId: 0 }],
-        memorySlots: 4,
-        maxMemoryBytes: 4 * GiB,
-        sparePciePorts: 1,
-      },
+      body: cxlVmBody('vm-drift', 'hv-drift', 'linux-6.12'),
     });
     assert.equal(vm.status, 201, JSON.stringify(vm.body));
     vmId = vm.body.uid;

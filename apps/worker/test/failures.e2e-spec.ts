@@ -3,13 +3,13 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { projectRoot } from '#platform';
 import { testServices } from '#testing/services';
-import { ensureGuestImages, GUEST_ACCEL, GUEST_CPU_MODEL } from '#testing/guest';
+import { ensureGuestImages } from '#testing/guest';
 import { GiB, http, MiB, startTestApi, type TestApi } from '../../api/test/harness';
 import type { DimmDevice, VirtioMemDevice } from '#hypervisor';
-import { cachedGuestImages, startWorker, type RunningWorker } from '../src/worker';
-import { cxlHostBody } from '#testing/fixtures';
+import { startWorker, type RunningWorker } from '../src/worker';
+import { guestExecutorConfig } from './guest-executor';
+import { cxlHostBody, cxlVmBody } from '#testing/fixtures';
 
 /**
  * The hotplug engine's failure paths end to end: the public REST API, a real worker, a real
@@ -132,18 +132,11 @@ for (const kernel of ['linux-6.1', 'linux-6.12'] as const) {
         databaseUrl: api.databaseUrl,
         redisUrl: testServices().redisUrl,
         prefix: `f${process.pid}${kernel.replace('.', '')}`,
-        executor: {
-          runtimeDir,
-          bootImage: cachedGuestImages(projectRoot()),
-          accel: GUEST_ACCEL,
-          cpuModel: GUEST_CPU_MODEL,
-          hostNodeBinding: 'none',
+        executor: guestExecutorConfig(runtimeDir, {
           convergeTimeoutMs: 60_000,
-          deviceDelTimeoutMs: 20_000,
           // The guest gives back what it can within a second or two, then waits 50 s to retry.
           shrinkStallMs: 4_000,
-          bootTimeoutMs: 120_000,
-        },
+        }),
       });
       const host = await http(api, 'POST', '/v1/hosts', {
         body: cxlHostBody('hv-f'),
@@ -152,15 +145,7 @@ for (const kernel of ['linux-6.1', 'linux-6.12'] as const) {
       const pool = await http(api, 'POST', '/v1/pools', { body: { name: 'cxl-f', host: 'hv-f', hostNodeId: 1, capacityBytes: 4 * GiB, granuleBytes: 2 * MiB } });
       assert.equal(pool.status, 201, JSON.stringify(pool.body));
       const vm = await http(api, 'POST', '/v1/vms', {
-        body: {
-          name: 'vm-f',
-          host: 'hv-f',
-          kernelProfile: kernel,
-          guestNodes: [{ guestNodeId: 0, vcpus: 2, bootMemoryBytes: 512 * MiB, hostNodeId: 0 }],
-          memorySlots: 4,
-          maxMemoryBytes: 4 * GiB,
-          sparePciePorts: 1,
-        },
+        body: cxlVmBody('vm-f', 'hv-f', kernel),
       });
       assert.equal(vm.status, 201, JSON.stringify(vm.body));
       vmId = vm.body.uid;

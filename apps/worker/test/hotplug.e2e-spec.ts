@@ -3,12 +3,12 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { projectRoot } from '#platform';
 import { testServices } from '#testing/services';
-import { ensureGuestImages, GUEST_ACCEL, GUEST_CPU_MODEL } from '#testing/guest';
+import { ensureGuestImages } from '#testing/guest';
 import { GiB, http, MiB, startTestApi, type TestApi } from '../../api/test/harness';
-import { cachedGuestImages, startWorker, type RunningWorker } from '../src/worker';
-import { cxlHostBody } from '#testing/fixtures';
+import { startWorker, type RunningWorker } from '../src/worker';
+import { guestExecutorConfig } from './guest-executor';
+import { cxlHostBody, cxlVmBody } from '#testing/fixtures';
 
 /**
  * The hotplug engine end to end, through the public REST API only, against a real QEMU and
@@ -47,16 +47,7 @@ describe(`hotplug engine on a real ${kernel} guest, driven through the API`, () 
       databaseUrl: api.databaseUrl,
       redisUrl: testServices().redisUrl,
       prefix: `t${process.pid}${kernel.replace(".", "")}`,
-      executor: {
-        runtimeDir,
-        bootImage: cachedGuestImages(projectRoot()),
-        accel: GUEST_ACCEL,
-        cpuModel: GUEST_CPU_MODEL,
-        hostNodeBinding: 'none',
-        convergeTimeoutMs: 30_000,
-        deviceDelTimeoutMs: 20_000,
-        bootTimeoutMs: 120_000,
-      },
+      executor: guestExecutorConfig(runtimeDir),
     });
     const host = await http(api, 'POST', '/v1/hosts', {
       body: cxlHostBody('hv-e2e'),
@@ -65,15 +56,7 @@ describe(`hotplug engine on a real ${kernel} guest, driven through the API`, () 
     const pool = await http(api, 'POST', '/v1/pools', { body: { name: 'cxl-e2e', host: 'hv-e2e', hostNodeId: 1, capacityBytes: 4 * GiB } });
     assert.equal(pool.status, 201, JSON.stringify(pool.body));
     const vm = await http(api, 'POST', '/v1/vms', {
-      body: {
-        name: 'vm-e2e',
-        host: 'hv-e2e',
-        kernelProfile: kernel,
-        guestNodes: [{ guestNodeId: 0, vcpus: 2, bootMemoryBytes: 512 * MiB, hostNodeId: 0 }],
-        memorySlots: 4,
-        maxMemoryBytes: 4 * GiB,
-        sparePciePorts: 1,
-      },
+      body: cxlVmBody('vm-e2e', 'hv-e2e', kernel),
     });
     assert.equal(vm.status, 201, JSON.stringify(vm.body));
     vmId = vm.body.uid;

@@ -1,4 +1,4 @@
-import { GiB } from '#domain';
+import { GiB, MiB } from '#domain';
 import type { ExecutorConfig } from '#application';
 
 /**
@@ -36,5 +36,22 @@ export function recordingExecutorConfig(runtimeDir: string): ExecutorConfig {
     convergeTimeoutMs: 10_000,
     deviceDelTimeoutMs: 5_000,
     bootTimeoutMs: 10_000,
+  };
+}
+
+/**
+ * The VM the engine's end-to-end tests and bench:ops plug into, as the REST API's CreateVm
+ * body: one guest node (2 vCPUs, 512 MiB on host node 0), room for 4 DIMMs and 4 GiB, and
+ * one spare PCIe port for a virtio-mem group.
+ */
+export function cxlVmBody(name: string, host: string, kernelProfile: string) {
+  return {
+    name,
+    host,
+    kernelProfile,
+    guestNodes: [{ guestNodeId: 0, vcpus: 2, bootMemoryBytes: 512 * MiB, hostNodeId: 0 }],
+    memorySlots: 4,
+    maxMemoryBytes: 4 * GiB,
+    sparePciePorts: 1,
   };
 }
