@@ -25,7 +25,10 @@
  * longer beyond that (8 clients: p99 above 50 ms). Across 100 pools, more than 12
  * clients only queue for the two cores the API, Postgres and these clients share.
  * It also prints the CPU each ledger operation costs in each process, which is
- * what bounds the 100-pool figure here.
+ * what bounds the 100-pool figure here, and a ceiling: the same clients and calls against
+ * bench/grpc-noop-server.ts, a grpc-js server with the same generated service that answers
+ * at once (no service, no database). No service behind this interface can go faster on
+ * the machine the benchmark runs on.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -113,6 +116,27 @@ function cpuNow(): { api: number; postgres: number; clients: number; pgPids: num
   const [postmaster, ...backends] = pgPids;
   const postgres = postmaster === undefined ? 0 : cpuSeconds(postmaster, true) + backends.reduce((s, p) => s + cpuSeconds(p), 0);
   return { api, postgres, clients: selfSeconds, pgPids };
+}
+
+/** bench/grpc-noop-server.ts in a child process, as the API runs in one. */
+async function startNoopServer(root: string): Promise<{ port: number; pid: number; stop: () => Promise<void> }> {
+  const child = spawn(process.execPath, [join(root, 'dist', 'bench', 'grpc-noop-server.js')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = /port (\d+)/.exec(out);
+      if (m) resolve(Number(m[1]));
+    });
+    child.once('exit', (code) => reject(new Error(`grpc-noop-server exited with ${code}`)));
+  });
+  const stop = () =>
+    new Promise<void>((resolve) => {
+      if (child.exitCode !== null) return resolve();
+      child.once('exit', () => resolve());
+      child.kill('SIGTERM');
+    });
+  return { port, pid: child.pid!, stop };
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -240,12 +264,15 @@ async function main(): Promise<void> {
     const client = new MemoryGroupServiceClient(`127.0.0.1:${grpcPort}`, credentials.createInsecure());
     const md = new Metadata();
     md.set('authorization', `Bearer ${key}`);
-    const unary = <Req>(method: 'createMemoryGroup' | 'deleteMemoryGroup', req: Req) =>
-      new Promise<void>((resolve, reject) => (client[method] as (r: Req, m: Metadata, cb: (e: ServiceError | null) => void) => void).call(client, req, md, (e) => (e ? reject(e) : resolve())));
+    const unaryOn =
+      (via: MemoryGroupServiceClient) =>
+      <Req>(method: 'createMemoryGroup' | 'deleteMemoryGroup', req: Req) =>
+        new Promise<void>((resolve, reject) => (via[method] as (r: Req, m: Metadata, cb: (e: ServiceError | null) => void) => void).call(via, req, md, (e) => (e ? reject(e) : resolve())));
 
     let runs = 0;
-    const apiRun = async (phase: string, clients: number, poolOf: (c: number, i: number) => string): Promise<Stats> => {
+    const apiRun = async (phase: string, clients: number, poolOf: (c: number, i: number) => string, via = client): Promise<Stats> => {
       const run = ++runs;
+      const unary = unaryOn(via);
       const live: { vm: string; name: string }[][] = Array.from({ length: clients }, () => []);
       return drive(clients, async (c, i) => {
         const vm = `${phase}-vm-${c}`;
@@ -361,6 +388,17 @@ async function main(): Promise<void> {
     results.push({ scenario: `${SPREAD_POOLS} pools`, clients: SPREAD_CLIENTS, api: spreadApi, pg: spreadPg });
     client.close();
 
+    // ---- the ceiling: the same clients and calls against a gRPC server that answers at once
+    console.log(`# ceiling: the same ${SPREAD_CLIENTS} clients against a no-op gRPC server (grpc-noop-server.js: no service, no database)`);
+    const ceiling = await startNoopServer(root);
+    stops.push(ceiling.stop);
+    const noop = new MemoryGroupServiceClient(`127.0.0.1:${ceiling.port}`, credentials.createInsecure());
+    const servicePid = apiPid;
+    apiPid = ceiling.pid;
+    const ceilingStats = await apiRun('spread', SPREAD_CLIENTS, spreadPool(''), noop);
+    apiPid = servicePid;
+    noop.close();
+
     const rate = (s: Stats) => s.allocations / s.seconds;
     const f = (n: number, d = 0) => n.toFixed(d).padStart(8);
     console.log('');
@@ -370,16 +408,18 @@ async function main(): Promise<void> {
         `${r.scenario.padEnd(14)} ${String(r.clients).padStart(7)} |          ${f(rate(r.api))}   ${f(r.api.releases / r.api.seconds)} ${f(percentile(r.api.latenciesMs, 50), 2)} ${f(percentile(r.api.latenciesMs, 99), 2)} ${String(r.api.refused).padStart(7)} |         ${f(rate(r.pg))}   ${f(r.pg.releases / r.pg.seconds)} ${f(percentile(r.pg.latenciesMs, 50), 2)} ${f(percentile(r.pg.latenciesMs, 99), 2)} | ${(rate(r.api) / rate(r.pg)).toFixed(2).padStart(6)}`,
       );
     }
+    console.log(
+      `${'no-op gRPC'.padEnd(14)} ${String(SPREAD_CLIENTS).padStart(7)} |          ${f(rate(ceilingStats))}   ${f(ceilingStats.releases / ceilingStats.seconds)} ${f(percentile(ceilingStats.latenciesMs, 50), 2)} ${f(percentile(ceilingStats.latenciesMs, 99), 2)}         | (the ceiling: the same calls answered at once, no service, no database)`,
+    );
     console.log('(latencies are per ledger operation, create or delete, as the client sees them)');
     console.log('');
     console.log('CPU per ledger operation (ms)   API process  Postgres  clients (this process)  total | machine CPU used of 2 cores');
-    for (const r of results) {
-      for (const [label, st] of [[`${r.scenario}, API`, r.api], [`${r.scenario}, bare pg`, r.pg]] as const) {
-        const ops = st.allocations + st.releases + st.refused;
-        const per = (x: number) => ((x * 1000) / ops).toFixed(2).padStart(8);
-        const total = st.cpu.api + st.cpu.postgres + st.cpu.clients;
-        console.log(`${label.padEnd(32)} ${per(st.cpu.api)}    ${per(st.cpu.postgres)}   ${per(st.cpu.clients)}              ${per(total)} | ${((total / st.seconds / cpus().length) * 100).toFixed(0)} %`);
-      }
+    const cpuRows = results.flatMap((r) => [[`${r.scenario}, API`, r.api], [`${r.scenario}, bare pg`, r.pg]] as const);
+    for (const [label, st] of [...cpuRows, ['no-op gRPC server (ceiling)', ceilingStats]] as const) {
+      const ops = st.allocations + st.releases + st.refused;
+      const per = (x: number) => ((x * 1000) / ops).toFixed(2).padStart(8);
+      const total = st.cpu.api + st.cpu.postgres + st.cpu.clients;
+      console.log(`${label.padEnd(32)} ${per(st.cpu.api)}    ${per(st.cpu.postgres)}   ${per(st.cpu.clients)}              ${per(total)} | ${((total / st.seconds / cpus().length) * 100).toFixed(0)} %`);
     }
 
     // ---- invariants over every pool, read straight from the tables
@@ -414,7 +454,7 @@ async function main(): Promise<void> {
         `allocated_bytes ≠ Σ extents ${mismatched}, extents past capacity/misaligned/invalid ${other}, orphan extents ${orphans}, groups whose held_bytes ≠ their extents ${heldMismatch}`,
     );
     const targets = [
-      ['≥ 1000 allocations/s across 100 pools', rate(spreadApi) >= 1000, rate(spreadApi).toFixed(0)],
+      ['≥ 1000 allocations/s across 100 pools', rate(spreadApi) >= 1000, `${rate(spreadApi).toFixed(0)}; the no-op gRPC ceiling here: ${rate(ceilingStats).toFixed(0)}`],
       ['≥ 300 allocations/s on one hot pool', rate(hotApi) >= 300, rate(hotApi).toFixed(0)],
       ['p99 ≤ 50 ms (hot pool)', percentile(hotApi.latenciesMs, 99) <= 50, percentile(hotApi.latenciesMs, 99).toFixed(1)],
       ['p99 ≤ 50 ms (100 pools)', percentile(spreadApi.latenciesMs, 99) <= 50, percentile(spreadApi.latenciesMs, 99).toFixed(1)],
