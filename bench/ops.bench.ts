@@ -3,7 +3,7 @@
  *
  *   npm run bench:ops                          (after a build)
  *   node dist/bench/ops.bench.js [--iterations 10] [--queue-ops 500] [--queue-vms 10] [--concurrency 4] [--skip-guest] [--skip-queue]
- *                                [--observe events|poll] [--trace]
+ *                                [--observe events|poll] [--trace] [--profile-drain FILE.cpuprofile] [--pg-statements]
  *
  * 1. Queue machinery alone: Postgres, the outbox, BullMQ and the real executor, with the
  *    hypervisor replaced by an in-process recording driver (bench/recording-driver.ts, no
@@ -22,7 +22,8 @@
  * and the worker in this process. Targets (issue): the control plane adds at most 10 %, or at
  * most 60 ms at p99; the queue machinery runs ≥ 1,000 operations/s.
  */
-import { mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
@@ -59,6 +60,51 @@ const OBSERVE = args.includes('--observe') ? args[args.indexOf('--observe') + 1]
 if (OBSERVE !== 'events' && OBSERVE !== 'poll') throw new Error(`--observe events|poll, not ${OBSERVE}`);
 /** Print every driver call (offset from the request, duration) of each operation of the last iteration. */
 const TRACE = args.includes('--trace');
+/** With --pg-statements: Postgres' statements during the queue drain alone (pg_stat_statements, nested ones included), per operation. */
+const PG_STATEMENTS = args.includes('--pg-statements');
+
+/** Resets pg_stat_statements now; the returned function prints what ran since, per operation. */
+async function statementsSince(databaseUrl: string): Promise<(operations: number) => Promise<string[]>> {
+  const db = new Client({ connectionString: databaseUrl });
+  await db.connect();
+  await db.query('create extension if not exists pg_stat_statements');
+  await db.query('select pg_stat_statements_reset()');
+  return async (operations: number) => {
+    const r = await db.query<{ calls: string; ms: number; plans: string; planMs: number; toplevel: boolean; query: string }>(
+      `select calls::text, total_exec_time as ms, plans::text, total_plan_time as "planMs", toplevel, regexp_replace(query, '\\s+', ' ', 'g') as query
+       from pg_stat_statements where query not like '%pg_stat_statements%' order by total_exec_time desc limit 25`,
+    );
+    await db.end();
+    return [
+      `     Postgres statements during the drain (pg_stat_statements; nested = run inside a statement above; time includes lock waits), per operation:`,
+      `        calls/op    ms/op  plans/op plan ms/op  level   statement`,
+      ...r.rows.map(
+        (x) => `     ${(Number(x.calls) / operations).toFixed(2).padStart(10)} ${(x.ms / operations).toFixed(3).padStart(8)} ${(Number(x.plans) / operations).toFixed(2).padStart(9)} ${(x.planMs / operations).toFixed(3).padStart(10)}  ${x.toplevel ? 'top   ' : 'nested'}  ${x.query.slice(0, 140)}`,
+      ),
+    ];
+  };
+}
+
+/** With --profile-drain FILE: a V8 CPU profile of this process (worker, executor, recording driver) during the queue drain alone. */
+const PROFILE_DRAIN = args.includes('--profile-drain') ? args[args.indexOf('--profile-drain') + 1] : undefined;
+
+async function startProfile(): Promise<{ stopInto(file: string): Promise<void> }> {
+  const session = new Session();
+  session.connect();
+  const post = (method: string, params?: object) =>
+    new Promise<unknown>((resolve, reject) => session.post(method, params ?? {}, (e, r) => (e ? reject(e) : resolve(r))));
+  await post('Profiler.enable');
+  await post('Profiler.setSamplingInterval', { interval: 200 });
+  await post('Profiler.start');
+  return {
+    async stopInto(file: string) {
+      const { profile } = (await post('Profiler.stop')) as { profile: unknown };
+      writeFileSync(file, JSON.stringify(profile));
+      session.disconnect();
+      console.log(`# drain profile written to ${file}`);
+    },
+  };
+}
 const POLL_MS = 10;
 
 
@@ -268,9 +314,13 @@ async function queueBench(databaseUrl: string, redisUrl: string, runtimeDir: str
     const cpu0 = cpuMs(benchDir);
     const t1 = performance.now();
     const wall1 = Date.now();
+    const profiling = PROFILE_DRAIN ? await startProfile() : undefined;
+    const statements = PG_STATEMENTS ? await statementsSince(databaseUrl) : undefined;
     worker = await startWorker(workerOptions);
     const r1 = await allEnded(floor1);
     const cpu1 = cpuMs(benchDir);
+    const drainStatements = statements ? await statements(r1.done) : [];
+    if (profiling && PROFILE_DRAIN) await profiling.stopInto(PROFILE_DRAIN);
     // The drain ends when the last operation ended (Postgres' ended_at, same clock as this
     // machine's); the observed end is up to one look (20 ms) later.
     const drainMs = r1.lastEndedAt - wall1;
@@ -304,6 +354,7 @@ async function queueBench(databaseUrl: string, redisUrl: string, runtimeDir: str
       `     CPU per operation: ${per('node')} ms this process (API idle, worker, recording driver, the poller), ${per('postgres')} ms Postgres, ${per('redis')} ms Redis; the drain kept ${f((cpu1.node + cpu1.postgres + cpu1.redis - cpu0.node - cpu0.postgres - cpu0.redis) / observedMs, 2)} of ${cpus().length} CPUs busy`,
     );
     out.push(`     throughput: ${f(rate1, 1)} operations/s (by ended_at)   target ≥ 1000/s: ${rate1 >= 1000 ? 'MET' : 'NOT MET'}`);
+    out.push(...drainStatements);
     out.push(`  2. with the API in the loop: ${QUEUE_OPS} plugs created by 32 parallel REST clients while the worker runs`);
     out.push(`     succeeded ${r2.done}, failed/cancelled ${r2.failed}; all created after ${f(createdBy, 0)} ms, last SUCCEEDED after ${f(totalMs, 0)} ms by ended_at (${f(r2.at - t2, 0)} ms observed)`);
     out.push(`     per operation created → SUCCEEDED p50 ${f(l2.p50)} ms, p99 ${f(l2.p99)} ms, mean ${f(l2.mean)} ms`);
@@ -555,7 +606,12 @@ async function main(): Promise<void> {
   const report: string[] = [];
   let failed = false;
   try {
-    const pg = await startEmbeddedPostgres({ dir: join(dir, 'postgres'), port: await freePort(), database: 'memplane' });
+    const pg = await startEmbeddedPostgres({
+      dir: join(dir, 'postgres'),
+      port: await freePort(),
+      database: 'memplane',
+      ...(PG_STATEMENTS ? { settings: { shared_preload_libraries: 'pg_stat_statements', 'pg_stat_statements.track': 'all', 'pg_stat_statements.track_planning': 'on' } } : {}),
+    });
     stops.push(pg.stop);
     const redis = await startEmbeddedRedis({ dir: join(dir, 'redis'), port: await freePort() });
     stops.push(redis.stop);

@@ -65,6 +65,8 @@ export async function startEmbeddedPostgres(opts: {
   port: number;
   database?: string;
   log?: (line: string) => void;
+  /** Extra server settings (`-c name=value`), e.g. for a benchmark's statement statistics; applied when the server is started here, not to a reused one. */
+  settings?: Record<string, string>;
 }): Promise<EmbeddedPostgresHandle> {
   const database = opts.database ?? 'memplane';
   const adminUrl = urlFor(opts.port, 'postgres');
@@ -93,6 +95,7 @@ export async function startEmbeddedPostgres(opts: {
       postgresFlags: [
         ...['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=300', '-c', 'fsync=on'],
         ...['-c', `unix_socket_directories=${socketDirFor(opts.dir, opts.port) ?? ''}`],
+        ...Object.entries(opts.settings ?? {}).flatMap(([name, value]) => ['-c', `${name}=${value}`]),
       ],
       onLog: () => undefined,
       onError: (e: unknown) => log(`postgres: ${String(e)}`),
