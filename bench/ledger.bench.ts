@@ -130,13 +130,16 @@ async function startNoopServer(root: string): Promise<{ port: number; pid: numbe
     });
     child.once('exit', (code) => reject(new Error(`grpc-noop-server exited with ${code}`)));
   });
-  const stop = () =>
-    new Promise<void>((resolve) => {
-      if (child.exitCode !== null) return resolve();
-      child.once('exit', () => resolve());
-      child.kill('SIGTERM');
-    });
-  return { port, pid: child.pid!, stop };
+  return { port, pid: child.pid!, stop: () => stopChild(child) };
+}
+
+/** SIGTERM, then wait for the exit (at once if it has exited). */
+function stopChild(child: ChildProcess): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (child.exitCode !== null) return resolve();
+    child.once('exit', () => resolve());
+    child.kill('SIGTERM');
+  });
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -206,14 +209,7 @@ async function main(): Promise<void> {
       const nodeArgs = process.env.MEMPLANE_BENCH_API_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
       const child: ChildProcess = spawn(process.execPath, [...nodeArgs, join(root, 'dist', 'apps', 'api', 'src', 'main.js')], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'inherit'] });
       apiPid = child.pid ?? process.pid;
-      stops.push(
-        () =>
-          new Promise<void>((resolve) => {
-            if (child.exitCode !== null) return resolve();
-            child.once('exit', () => resolve());
-            child.kill('SIGTERM');
-          }),
-      );
+      stops.push(() => stopChild(child));
       for (let i = 0; ; i++) {
         const ok = await fetch(`http://127.0.0.1:${httpPort}/readyz`).then((r) => r.ok, () => false);
         if (ok) break;
