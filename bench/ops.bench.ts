@@ -2,7 +2,7 @@
  * Operations benchmark (not a test): what the control plane adds to a hotplug operation.
  *
  *   npm run bench:ops                          (after a build)
- *   node dist/bench/ops.bench.js [--iterations 10] [--queue-ops 500] [--queue-vms 10] [--concurrency 4] [--skip-guest] [--skip-queue]
+ *   node dist/bench/ops.bench.js [--iterations 10] [--queue-ops 500] [--queue-vms 10] [--concurrency 4] [--end-claim-batch 32] [--end-claim-in-flight 1] [--skip-guest] [--skip-queue]
  *                                [--observe events|poll] [--trace] [--profile-drain FILE.cpuprofile] [--pg-statements]
  *
  * 1. Queue machinery alone: Postgres, the outbox, BullMQ and the real executor, with the
@@ -49,6 +49,11 @@ const ITERATIONS = opt('iterations', 10);
 const QUEUE_OPS = opt('queue-ops', 500);
 const QUEUE_VMS = opt('queue-vms', 10);
 const CONCURRENCY = opt('concurrency', 4);
+/** The worker's end-and-claim group commit (EndAndClaimBatcher): VMs per statement, statements in flight. */
+const END_CLAIM = {
+  ...(args.includes('--end-claim-batch') ? { maxBatch: opt('end-claim-batch', 32) } : {}),
+  ...(args.includes('--end-claim-in-flight') ? { maxInFlight: opt('end-claim-in-flight', 1) } : {}),
+};
 const SKIP_GUEST = args.includes('--skip-guest');
 const SKIP_QUEUE = args.includes('--skip-queue');
 /**
@@ -224,6 +229,7 @@ async function queueBench(databaseUrl: string, redisUrl: string, runtimeDir: str
     prefix: `bq${process.pid}`,
     intake: false,
     concurrency: CONCURRENCY,
+    endAndClaim: END_CLAIM,
     driver,
     executor: recordingExecutorConfig(runtimeDir),
   };
@@ -319,11 +325,16 @@ async function queueBench(databaseUrl: string, redisUrl: string, runtimeDir: str
     worker = await startWorker(workerOptions);
     const r1 = await allEnded(floor1);
     const cpu1 = cpuMs(benchDir);
+    const batching = { ...worker.store.endAndClaims.stats };
     const drainStatements = statements ? await statements(r1.done) : [];
     await stopProfile?.();
     // The drain ends when the last operation ended (Postgres' ended_at, same clock as this
     // machine's); the observed end is up to one look (20 ms) later.
     const drainMs = r1.lastEndedAt - wall1;
+    // How long the worker took to start and hear of its first operation (part of the drain).
+    const firstStartedAt = Number(
+      (await pg.query<{ at: string | null }>(`select (extract(epoch from min(started_at)) * 1000)::text as at from operations where seq > $1`, [floor1])).rows[0]?.at ?? wall1,
+    );
     const observedMs = r1.at - t1;
     const rate1 = (r1.done / drainMs) * 1000;
     const l1 = await latencies(floor1);
@@ -352,6 +363,12 @@ async function queueBench(databaseUrl: string, redisUrl: string, runtimeDir: str
     const per = (k: 'node' | 'postgres' | 'redis') => f((cpu1[k] - cpu0[k]) / Math.max(1, r1.done), 2);
     out.push(
       `     CPU per operation: ${per('node')} ms this process (API idle, worker, recording driver, the poller), ${per('postgres')} ms Postgres, ${per('redis')} ms Redis; the drain kept ${f((cpu1.node + cpu1.postgres + cpu1.redis - cpu0.node - cpu0.postgres - cpu0.redis) / observedMs, 2)} of ${cpus().length} CPUs busy`,
+    );
+    out.push(
+      `     the first operation started ${f(firstStartedAt - wall1, 0)} ms after the worker was started; from then on ${f((r1.done / Math.max(1, r1.lastEndedAt - firstStartedAt)) * 1000, 1)} operations/s`,
+    );
+    out.push(
+      `     end-and-claim statements: ${batching.statements} for ${batching.items} VM loop steps (${f(batching.items / Math.max(1, batching.statements), 2)} VMs per statement; options ${JSON.stringify(END_CLAIM)})`,
     );
     out.push(`     throughput: ${f(rate1, 1)} operations/s (by ended_at)   target ≥ 1000/s: ${rate1 >= 1000 ? 'MET' : 'NOT MET'}`);
     out.push(...drainStatements);

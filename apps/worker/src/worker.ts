@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { Queue, Worker, type Job } from 'bullmq';
-import { DriftMonitor, EngineStore, OperationExecutor, type ExecutorConfig } from '#application';
+import { DriftMonitor, EngineStore, OperationExecutor, type EndAndClaimBatcherOptions, type ExecutorConfig } from '#application';
 import { LocalHypervisorDriver, type HypervisorDriver } from '#hypervisor';
 import { Database, PgNotifications } from '#persistence';
 import { projectRoot, type AppConfig } from '#platform';
@@ -32,6 +32,8 @@ export interface WorkerOptions {
   /** Execute operations; default true (false: an intake-only process). */
   executeOperations?: boolean;
   log?: (line: string) => void;
+  /** How VM loops share end-and-claim statements (EndAndClaimBatcher); bench:ops varies it. */
+  endAndClaim?: EndAndClaimBatcherOptions;
 }
 
 export interface RunningWorker {
@@ -40,6 +42,7 @@ export interface RunningWorker {
   queue: Queue<ExecuteOperationJob>;
   driver: HypervisorDriver;
   drift: DriftMonitor | undefined;
+  store: EngineStore;
   stop(): Promise<void>;
 }
 
@@ -98,7 +101,7 @@ const TURN_OPERATIONS = 100;
 export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   const log = opts.log ?? (() => undefined);
   const db = new Database({ url: opts.databaseUrl, poolSize: 10 });
-  const store = new EngineStore(db);
+  const store = new EngineStore(db, opts.endAndClaim ? { endAndClaim: opts.endAndClaim } : {});
   const driver = opts.driver ?? new LocalHypervisorDriver({});
   const executor = new OperationExecutor(store, driver, { ...opts.executor, log });
   const connection = redisConnection(opts.redisUrl);
@@ -231,6 +234,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     queue,
     driver,
     drift,
+    store,
     stop: async () => {
       stopping = true;
       for (const t of timers) clearTimeout(t);

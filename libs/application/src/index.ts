@@ -12,5 +12,6 @@ export * from './ledger.service';
 export * from './topology.service';
 export * from './watch.service';
 export * from './engine/engine-store';
+export * from './engine/end-and-claim-batcher';
 export * from './engine/operation-executor';
 export * from './engine/drift-monitor';

@@ -67,49 +67,58 @@ interface ClaimRow {
 // The VM as the engine needs it: no observed devices (the engine observes them itself).
 const VM_COLUMNS = `${VM_SPEC_COLUMNS}, v.runtime_dir`;
 
-// One statement ends an operation and/or claims the VM's next one, so a worker running a
-// VM's operations back to back needs one round trip between two of them:
-// - the end ($3 operation, $4 state ...): the operation's state, error and final steps, its
+// One statement ends operations and/or claims their VMs' next ones, for several VMs at once,
+// so a worker running VMs' operations back to back needs one round trip between two of
+// them, and concurrent VM loops share it (EndAndClaimBatcher): one statement, one commit.
+// $1 is a JSON array of items, one per VM (never two for one VM), each with its `n`:
+// - the end (op_id, op_state ...): the operation's state, error and final steps, its
 //   group's observation and the VM's devices, written together;
-// - the claim ($13): the VM's oldest unfinished operation other than the one ending, marked
-//   RUNNING (an attempt), returned with the VM, its groups (desired state) and its host. The
-//   reads see the snapshot the statement started with, which is all committed state (the
-//   claim itself is returned by the update). Every group is read only when the digest of the
-//   groups' desired state differs from the one the caller has ($2); the operation's own group
-//   always is.
+// - the claim (claim_next): the VM's oldest unfinished operation other than the one ending,
+//   marked RUNNING (an attempt), returned with the VM, its groups (desired state) and its
+//   host. The reads see the snapshot the statement started with, which is all committed
+//   state (the claim itself is returned by the update). Every group is read only when the
+//   digest of the groups' desired state differs from the one the caller has (known_key);
+//   the operation's own group always is.
+// One row per item, in the order of `n`.
 const END_AND_CLAIM = `with
+  input as (
+    select * from jsonb_to_recordset($1::jsonb) as i(n int, vm_id uuid, known_key text, op_id uuid, op_state text, error jsonb, steps jsonb,
+      progress_percent int, group_id uuid, group_state text, plugged_bytes bigint, online_blocks int, online_zones jsonb, devices jsonb, claim_next boolean)),
   end_group as (
-    update memory_groups set state = $6::"GroupObservedState", plugged_bytes = $7, online_blocks = $8, online_zones = $9::jsonb, updated_at = now()
-    where id = $5::uuid),
+    update memory_groups g set state = i.group_state::"GroupObservedState", plugged_bytes = i.plugged_bytes, online_blocks = i.online_blocks,
+      online_zones = i.online_zones, updated_at = now()
+    from input i where g.id = i.group_id),
   end_vm as (
-    update vms set observed_devices = $11::jsonb, observed_at = now() where id = $10::uuid),
+    update vms v set observed_devices = i.devices, observed_at = now() from input i where v.id = i.vm_id and i.devices is not null),
   ended as (
-    update operations set state = $4::"OperationState", error = $12::jsonb, ended_at = now(), updated_at = now(),
-      steps = coalesce($14::jsonb, steps),
-      progress_percent = case when $4 = 'SUCCEEDED' then 100 else coalesce($15::int, progress_percent) end
-    where id = $3::uuid and state in ('PENDING', 'RUNNING')
-    returning id),
+    update operations o set state = i.op_state::"OperationState", error = i.error, ended_at = now(), updated_at = now(),
+      steps = coalesce(i.steps, o.steps),
+      progress_percent = case when i.op_state = 'SUCCEEDED' then 100 else coalesce(i.progress_percent, o.progress_percent) end
+    from input i where o.id = i.op_id and o.state in ('PENDING', 'RUNNING')
+    returning o.id),
   head as (
-    select id, state from operations where $13::boolean and vm_id = $1::uuid and state in ('PENDING', 'RUNNING') and id is distinct from $3::uuid order by seq limit 1),
+    select i.n, h.id, h.state from input i cross join lateral (
+      select id, state from operations where vm_id = i.vm_id and state in ('PENDING', 'RUNNING') and id is distinct from i.op_id order by seq limit 1) h
+    where i.claim_next),
   claimed as (
     update operations o set state = 'RUNNING', error = null, started_at = coalesce(o.started_at, now()), attempts = o.attempts + 1, updated_at = now()
     from head where o.id = head.id
-    returning o.*),
+    returning head.n, head.state::text as claimed_from, o.*),
   context as (
-    select v.version || ':' || h.version || ':' || v.groups_generation as k
-    from vms v join hosts h on h.id = v.host_id where v.id = $1::uuid and exists (select 1 from claimed)),
-  changed as (
-    select 1 from context where k is distinct from $2::text)
+    select c.n, k.k, k.k is distinct from i.known_key as changed
+    from claimed c join input i on i.n = c.n join vms v on v.id = c.vm_id join hosts h on h.id = v.host_id
+    cross join lateral (select v.version || ':' || h.version || ':' || v.groups_generation as k) k)
   select
-    (select count(*) from ended)::int as ended,
-    (select h.state::text from head h join claimed c on c.id = h.id) as claimed_from,
-    (select row_to_json(x) from (
+    i.n,
+    (select count(*) from ended e where e.id = i.op_id)::int as ended,
+    c.claimed_from,
+    case when c.id is not null then (select row_to_json(x) from (
       select c.id, c.seq, c.vm_id, v.name as vm, c.group_id, c.group_name, c.kind::text as kind, c.state::text as state, c.steps, c.progress_percent,
         c.attempts, c.error, c.rollback, c.request_id, c.principal, c.created_at, c.updated_at, c.started_at, c.ended_at, c.cancel_requested
-      from claimed c join vms v on v.id = c.vm_id) x) as op,
-    (select k from context) as context_key,
-    (select row_to_json(x) from (select ${VM_COLUMNS} from vms v join hosts h on h.id = v.host_id where v.id = $1::uuid and exists (select 1 from changed)) x) as vm,
-    (select json_build_object(
+      from vms v where v.id = c.vm_id) x) end as op,
+    k.k as context_key,
+    case when k.changed then (select row_to_json(x) from (select ${VM_COLUMNS} from vms v join hosts h on h.id = v.host_id where v.id = i.vm_id) x) end as vm,
+    case when k.changed then (select json_build_object(
         'name', h.name,
         'nodes', (select coalesce(json_agg(json_build_object('nodeId', n.node_id, 'cpus', n.cpus, 'memoryBytes', n.memory_bytes, 'kind', n.kind) order by n.node_id), '[]'::json)
                   from host_nodes n where n.host_id = h.id),
@@ -120,10 +129,28 @@ const END_AND_CLAIM = `with
         'distances', (select coalesce(json_agg(json_build_object('fromNodeId', d.from_node_id, 'toNodeId', d.to_node_id, 'distance', d.distance)
                           order by d.from_node_id, d.to_node_id), '[]'::json)
                   from host_distances d where d.host_id = h.id))
-      from vms v join hosts h on h.id = v.host_id where v.id = $1::uuid and exists (select 1 from changed)) as host,
-    case when exists (select 1 from changed) then
-      (select coalesce(json_agg(row_to_json(x) order by x.created_at, x.id), '[]'::json) from (${GROUP_SELECT} where g.vm_id = $1::uuid) x) end as groups,
-    (select row_to_json(x) from (${GROUP_SELECT} where g.id = (select group_id from claimed)) x) as group`;
+      from vms v join hosts h on h.id = v.host_id where v.id = i.vm_id) end as host,
+    case when k.changed then
+      (select coalesce(json_agg(row_to_json(x) order by x.created_at, x.id), '[]'::json) from (${GROUP_SELECT} where g.vm_id = i.vm_id) x) end as groups,
+    case when c.group_id is not null then (select row_to_json(x) from (${GROUP_SELECT} where g.id = c.group_id) x) end as group
+  from input i left join claimed c on c.n = i.n left join context k on k.n = i.n
+  order by i.n`;
+
+/** One VM's part of an end-and-claim statement. */
+export interface EndAndClaimItem {
+  vmId: string;
+  /** The operation that ended, with what it observed; none to only claim. */
+  end?: OperationEnd | undefined;
+  /** Claim the VM's next operation too. */
+  claimNext: boolean;
+  /** The context key of the VM context the caller has (then it is not read again while current). */
+  knownContextKey?: string | undefined;
+}
+
+export interface EndAndClaimResult {
+  ended: boolean;
+  next?: ClaimedOperation;
+}
 
 /** The hotplug engine's reads and writes that must cost one round trip each. */
 export class EngineRepository {
@@ -145,59 +172,40 @@ export class EngineRepository {
     vmId: string,
     end: OperationEnd | undefined,
     opts: { claimNext: boolean; knownContextKey?: string | undefined },
-  ): Promise<{ ended: boolean; next?: ClaimedOperation }> {
-    const g = end?.group;
-    const rows = await sql.query<ClaimRow>(END_AND_CLAIM, [
-      vmId,
-      opts.knownContextKey ?? null,
-      end?.operationId ?? null,
-      end?.state ?? 'SUCCEEDED',
-      g?.id ?? null,
-      g?.observation.state ?? 'PENDING',
-      g?.observation.pluggedBytes ?? 0,
-      g?.observation.onlineBlocks ?? 0,
-      JSON.stringify(g?.observation.zones ?? {}),
-      end?.devices ? vmId : null,
-      JSON.stringify(end?.devices ?? []),
-      end?.error ? JSON.stringify(end.error) : null,
-      opts.claimNext,
-      end?.steps ? JSON.stringify(end.steps.steps) : null,
-      end?.steps?.progressPercent ?? null,
-    ]);
-    const r = rows[0];
-    const ended = (r?.ended ?? 0) > 0;
-    // Watchers hear of both state changes (this statement has committed).
-    if (ended && end) sql.notify(OPERATION_CHANNEL, end.operationId);
-    if (r?.op && r.claimed_from !== 'RUNNING') sql.notify(OPERATION_CHANNEL, r.op.id);
-    if (!r?.op || !r.context_key) return { ended };
-    let context: VmContext | undefined;
-    if (r.vm && r.host && r.groups) {
-      const runtime =
-        r.vm.qemu_pid && r.vm.qmp_socket_path && r.vm.qga_socket_path && r.vm.runtime_dir
-          ? { pid: r.vm.qemu_pid, qmpSocketPath: r.vm.qmp_socket_path, qgaSocketPath: r.vm.qga_socket_path, runtimeDir: r.vm.runtime_dir }
-          : undefined;
-      context = {
-        vm: vmRowToRecord(r.vm),
-        ...(runtime ? { runtime } : {}),
-        host: {
-          name: r.host.name,
-          nodes: r.host.nodes.map((n) => ({ nodeId: n.nodeId, cpus: n.cpus, memoryBytes: Number(n.memoryBytes), kind: n.kind as NodeKind })),
-          performance: r.host.performance,
-          distances: r.host.distances,
-        },
-        groups: r.groups.map(groupRowToRecord),
+  ): Promise<EndAndClaimResult> {
+    return (await this.endAndClaimMany(sql, [{ vmId, end, ...opts }]))[0]!;
+  }
+
+  /**
+   * `endAndClaim` for several VMs in one statement (one round trip, one commit): the results
+   * in the order of the items. At most one item per VM. The statement fails or commits
+   * whole.
+   */
+  async endAndClaimMany(sql: Sql, items: readonly EndAndClaimItem[]): Promise<EndAndClaimResult[]> {
+    const vms = new Set(items.map((i) => i.vmId));
+    if (vms.size !== items.length) throw new Error('endAndClaimMany: two items for one VM');
+    const input = items.map(({ vmId, end, claimNext, knownContextKey }, n) => {
+      const g = end?.group;
+      return {
+        n,
+        vm_id: vmId,
+        known_key: knownContextKey ?? null,
+        op_id: end?.operationId ?? null,
+        op_state: end?.state ?? null,
+        error: end?.error ?? null,
+        steps: end?.steps?.steps ?? null,
+        progress_percent: end?.steps?.progressPercent ?? null,
+        group_id: g?.id ?? null,
+        group_state: g?.observation.state ?? null,
+        plugged_bytes: g?.observation.pluggedBytes ?? null,
+        online_blocks: g?.observation.onlineBlocks ?? null,
+        online_zones: g?.observation.zones ?? null,
+        devices: end?.devices ?? null,
+        claim_next: claimNext,
       };
-    }
-    return {
-      ended,
-      next: {
-        op: operationRowToRecord(r.op),
-        cancelRequested: r.op.cancel_requested,
-        contextKey: r.context_key,
-        ...(context ? { context } : {}),
-        ...(r.group ? { group: groupRowToRecord(r.group) } : {}),
-      },
-    };
+    });
+    const rows = await sql.query<ClaimRow>(END_AND_CLAIM, [JSON.stringify(input)]);
+    return items.map((item, n) => claimResult(sql, item, rows[n]));
   }
 
   /** Records the steps done so far and answers whether a cancel was asked for meanwhile. */
@@ -208,4 +216,40 @@ export class EngineRepository {
     );
     return rows[0]?.cancel_requested ?? false;
   }
+}
+
+/** One item's row: notifies watchers of both state changes (the statement has committed). */
+function claimResult(sql: Sql, { end }: EndAndClaimItem, r: ClaimRow | undefined): EndAndClaimResult {
+  const ended = (r?.ended ?? 0) > 0;
+  if (ended && end) sql.notify(OPERATION_CHANNEL, end.operationId);
+  if (r?.op && r.claimed_from !== 'RUNNING') sql.notify(OPERATION_CHANNEL, r.op.id);
+  if (!r?.op || !r.context_key) return { ended };
+  let context: VmContext | undefined;
+  if (r.vm && r.host && r.groups) {
+    const runtime =
+      r.vm.qemu_pid && r.vm.qmp_socket_path && r.vm.qga_socket_path && r.vm.runtime_dir
+        ? { pid: r.vm.qemu_pid, qmpSocketPath: r.vm.qmp_socket_path, qgaSocketPath: r.vm.qga_socket_path, runtimeDir: r.vm.runtime_dir }
+        : undefined;
+    context = {
+      vm: vmRowToRecord(r.vm),
+      ...(runtime ? { runtime } : {}),
+      host: {
+        name: r.host.name,
+        nodes: r.host.nodes.map((n) => ({ nodeId: n.nodeId, cpus: n.cpus, memoryBytes: Number(n.memoryBytes), kind: n.kind as NodeKind })),
+        performance: r.host.performance,
+        distances: r.host.distances,
+      },
+      groups: r.groups.map(groupRowToRecord),
+    };
+  }
+  return {
+    ended,
+    next: {
+      op: operationRowToRecord(r.op),
+      cancelRequested: r.op.cancel_requested,
+      contextKey: r.context_key,
+      ...(context ? { context } : {}),
+      ...(r.group ? { group: groupRowToRecord(r.group) } : {}),
+    },
+  };
 }

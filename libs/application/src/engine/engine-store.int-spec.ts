@@ -1,7 +1,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Client } from 'pg';
-import { Database } from '#persistence';
+import { Database, EngineRepository } from '#persistence';
 import { freshDatabase } from '#testing/services';
 import { SYSTEM_PRINCIPAL, type CallContext } from '../context';
 import { HostService } from '../host.service';
@@ -9,6 +9,7 @@ import { MemoryGroupService } from '../memory-group.service';
 import { Mutations } from '../mutations';
 import { PoolService } from '../pool.service';
 import { VmService } from '../vm.service';
+import { EndAndClaimBatcher } from './end-and-claim-batcher';
 import { EngineStore } from './engine-store';
 
 const MiB = 1024 ** 2;
@@ -27,6 +28,7 @@ describe('engine store: claiming and ending operations', () => {
   let store: EngineStore;
   let groups: MemoryGroupService;
   let vmId = '';
+  let vms: VmService;
   let url = '';
 
   before(async () => {
@@ -63,7 +65,7 @@ describe('engine store: claiming and ending operations', () => {
       memoryType: 'VOLATILE',
       state: 'ACTIVE',
     });
-    const vms = new VmService(mutations);
+    vms = new VmService(mutations);
     const vm = await vms.create(ctx, {
       name: 'vm-e',
       description: '',
@@ -153,5 +155,83 @@ describe('engine store: claiming and ending operations', () => {
     const last = await store.endAndClaim(vmId, { operationId: second, state: 'FAILED', error: { code: 'INTERNAL', reason: 'TEST', message: 'x' } }, false, again!.contextKey);
     assert.deepEqual(last, { ended: true });
     assert.ok(await store.headOperation(vmId), 'the plug of c is still to run');
+  });
+
+  const startedVm = async (name: string) => {
+    const vm = await vms.create(ctx, {
+      name,
+      description: '',
+      labels: {},
+      host: 'hv-e',
+      kernelProfile: 'linux-6.12',
+      guestMemory: {},
+      guestNodes: [{ guestNodeId: 0, vcpus: 1, bootMemoryBytes: 1 * GiB }],
+      memorySlots: 4,
+      maxMemoryBytes: 8 * GiB,
+      sparePciePorts: 0,
+    });
+    await vms.start(ctx, name);
+    return vm.uid;
+  };
+
+  it('claims for several VMs in one statement, each its own VM\'s operation, and refuses two items for one VM', async () => {
+    const f = await startedVm('vm-f');
+    const g = await startedVm('vm-g');
+    const repo = new EngineRepository();
+    const [rf, rg] = await repo.endAndClaimMany(db.sql, [
+      { vmId: f, claimNext: true },
+      { vmId: g, claimNext: true },
+    ]);
+    assert.equal(rf?.next?.op.vm, 'vm-f');
+    assert.equal(rf?.next?.op.kind, 'START');
+    assert.equal(rf?.next?.context?.vm.name, 'vm-f');
+    assert.equal(rg?.next?.op.vm, 'vm-g');
+    assert.equal(rg?.next?.context?.vm.name, 'vm-g');
+    assert.equal(rg?.ended, false);
+    // Both end in one statement; neither VM has more to claim.
+    const ends = await repo.endAndClaimMany(db.sql, [
+      { vmId: g, end: { operationId: rg!.next!.op.name, state: 'SUCCEEDED' }, claimNext: true },
+      { vmId: f, end: { operationId: rf!.next!.op.name, state: 'FAILED', error: { code: 'INTERNAL', reason: 'TEST', message: 'f' } }, claimNext: true },
+    ]);
+    assert.deepEqual(ends, [{ ended: true }, { ended: true }]);
+    const states = await db.sql.query<{ id: string; state: string }>(`select id::text, state::text from operations where id = any($1::uuid[]) order by id`, [
+      [rf!.next!.op.name, rg!.next!.op.name],
+    ]);
+    assert.deepEqual(
+      Object.fromEntries(states.map((r) => [r.id, r.state])),
+      { [rf!.next!.op.name]: 'FAILED', [rg!.next!.op.name]: 'SUCCEEDED' },
+    );
+    await assert.rejects(
+      repo.endAndClaimMany(db.sql, [
+        { vmId: f, claimNext: true },
+        { vmId: f, claimNext: true },
+      ]),
+      /two items for one VM/,
+    );
+  });
+
+  it('batches the VM loops that ask while a statement runs, and splits a batch that fails so only the failing item fails', async () => {
+    const h = await startedVm('vm-h');
+    const k = await startedVm('vm-k');
+    const batcher = new EndAndClaimBatcher(db.sql, { maxInFlight: 1 });
+    // The first goes at once; the next two wait for it and go together, and the second of
+    // them is malformed (not a uuid), which fails their statement as a whole.
+    const first = batcher.submit({ vmId: h, claimNext: true });
+    const second = batcher.submit({ vmId: k, claimNext: true });
+    const bad = batcher.submit({ vmId: 'not-a-uuid', claimNext: true });
+    const [r1, r2, r3] = await Promise.allSettled([first, second, bad]);
+    assert.equal(r1.status === 'fulfilled' && r1.value.next?.op.vm, 'vm-h');
+    assert.equal(r2.status === 'fulfilled' && r2.value.next?.op.vm, 'vm-k', 'the good item of the failed batch ran again alone');
+    assert.equal(r3.status, 'rejected');
+    assert.match(String((r3 as PromiseRejectedResult).reason), /uuid/);
+    // 1 (first) + 1 (second and bad together, failed) + 2 (each alone).
+    assert.deepEqual(batcher.stats, { statements: 4, items: 5 });
+    const running = await db.sql.query<{ vm: string; attempts: number }>(
+      `select v.name as vm, o.attempts from operations o join vms v on v.id = o.vm_id where o.state = 'RUNNING' and v.name in ('vm-h', 'vm-k') order by v.name`,
+    );
+    assert.deepEqual(running, [
+      { vm: 'vm-h', attempts: 1 },
+      { vm: 'vm-k', attempts: 1 },
+    ], 'the failed statement claimed nothing: one attempt each');
   });
 });

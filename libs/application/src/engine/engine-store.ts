@@ -1,6 +1,7 @@
 import { holdingBytes, type GroupObservedState, type OperationError, type OperationStep } from '#domain';
 import { Database, EngineRepository, OPERATION_CHANNEL, MemoryGroupRepository, VmRepository, type ClaimedOperation, type MemoryGroupRecord, type OperationEnd, type Sql, type VmContext, type VmRecord, type VmRuntime } from '#persistence';
 import { ledgerGroupOf, PoolLedger } from '../pool-ledger';
+import { EndAndClaimBatcher, type EndAndClaimBatcherOptions } from './end-and-claim-batcher';
 
 export type { VmRuntime };
 
@@ -23,15 +24,23 @@ export class EngineStore {
   private readonly vms = new VmRepository();
   private readonly engine = new EngineRepository();
   private readonly ledger = new PoolLedger();
+  /** The VM loops' end-and-claim statements, several VMs' to one statement when they meet. */
+  readonly endAndClaims: EndAndClaimBatcher;
 
-  constructor(readonly db: Database) {}
+  constructor(
+    readonly db: Database,
+    opts: { endAndClaim?: EndAndClaimBatcherOptions } = {},
+  ) {
+    this.endAndClaims = new EndAndClaimBatcher(db.sql, opts.endAndClaim);
+  }
 
   /**
    * The VM's oldest unfinished operation, marked RUNNING, with what its run reads (one round
-   * trip). The VM context comes back unless it still has `knownContextKey`.
+   * trip, shared with other VMs' loops). The VM context comes back unless it still has
+   * `knownContextKey`.
    */
   async claimHead(vmId: string, knownContextKey?: string): Promise<ClaimedOperation | undefined> {
-    return this.engine.claimHead(this.db.sql, vmId, knownContextKey);
+    return (await this.endAndClaims.submit({ vmId, claimNext: true, knownContextKey })).next;
   }
 
   /** Where the VM's QEMU runs, as last recorded (the drift check attaches to it). */
@@ -69,7 +78,7 @@ export class EngineStore {
    * `claimNext`, claims the VM's next operation, in one statement.
    */
   async endAndClaim(vmId: string, end: OperationEnd, claimNext: boolean, knownContextKey?: string): Promise<{ ended: boolean; next?: ClaimedOperation }> {
-    return this.engine.endAndClaim(this.db.sql, vmId, end, { claimNext, knownContextKey });
+    return this.endAndClaims.submit({ vmId, end, claimNext, knownContextKey });
   }
 
   /** Back to PENDING for a retry after a transient failure. */
