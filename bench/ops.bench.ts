@@ -2,7 +2,7 @@
  * Operations benchmark (not a test): what the control plane adds to a hotplug operation.
  *
  *   npm run bench:ops                          (after a build)
- *   node dist/bench/ops.bench.js [--iterations 10] [--queue-ops 500] [--queue-vms 10] [--concurrency 4] [--end-claim-batch 32] [--end-claim-in-flight 1] [--skip-guest] [--skip-queue]
+ *   node dist/bench/ops.bench.js [--iterations 10] [--queue-ops 1000] [--queue-vms 16] [--concurrency 16] [--end-claim-batch 32] [--end-claim-in-flight 2] [--skip-guest] [--skip-queue]
  *                                [--observe events|poll] [--trace] [--profile-drain FILE.cpuprofile] [--pg-statements]
  *
  * 1. Queue machinery alone: Postgres, the outbox, BullMQ and the real executor, with the
@@ -28,7 +28,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { generateApiKey } from '#application';
-import { applyMigrations, freePort, loadConfig, projectRoot, startEmbeddedPostgres, startEmbeddedRedis } from '#platform';
+import { applyMigrations, DEFAULT_WORKER_CONCURRENCY, freePort, loadConfig, projectRoot, startEmbeddedPostgres, startEmbeddedRedis } from '#platform';
 import { ensureGuestImages } from '#testing/guest';
 import { LocalHypervisorDriver, type HypervisorDriver } from '#hypervisor';
 import { startMemplane } from '../apps/api/src/server';
@@ -46,9 +46,10 @@ const opt = (name: string, dflt: number) => {
   return i >= 0 ? Number(args[i + 1]) : dflt;
 };
 const ITERATIONS = opt('iterations', 10);
-const QUEUE_OPS = opt('queue-ops', 500);
-const QUEUE_VMS = opt('queue-vms', 10);
-const CONCURRENCY = opt('concurrency', 4);
+const QUEUE_OPS = opt('queue-ops', 1000);
+const QUEUE_VMS = opt('queue-vms', DEFAULT_WORKER_CONCURRENCY);
+/** The worker's concurrency: its default, with one VM per slot. */
+const CONCURRENCY = opt('concurrency', DEFAULT_WORKER_CONCURRENCY);
 /** The worker's end-and-claim group commit (EndAndClaimBatcher): VMs per statement, statements in flight. */
 const END_CLAIM = {
   ...(args.includes('--end-claim-batch') ? { maxBatch: opt('end-claim-batch', 32) } : {}),
@@ -67,6 +68,7 @@ if (OBSERVE !== 'events' && OBSERVE !== 'poll') throw new Error(`--observe event
 const TRACE = args.includes('--trace');
 /** With --pg-statements: Postgres' statements during the queue drain alone (pg_stat_statements, nested ones included), per operation. */
 const PG_STATEMENTS = args.includes('--pg-statements');
+
 
 /** Resets pg_stat_statements now; the returned function prints what ran since, per operation. */
 async function statementsSince(databaseUrl: string): Promise<(operations: number) => Promise<string[]>> {

@@ -5,7 +5,7 @@ import { Queue, Worker, type Job } from 'bullmq';
 import { DriftMonitor, EngineStore, OperationExecutor, type EndAndClaimBatcherOptions, type ExecutorConfig } from '#application';
 import { LocalHypervisorDriver, type HypervisorDriver } from '#hypervisor';
 import { Database, PgNotifications } from '#persistence';
-import { projectRoot, type AppConfig } from '#platform';
+import { DEFAULT_WORKER_CONCURRENCY, projectRoot, type AppConfig } from '#platform';
 import { startIntake } from './intake';
 import { OutboxDispatcher } from './outbox-dispatcher';
 import { VmLocks } from './vm-locks';
@@ -117,7 +117,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
    * the holder will run that work too. After letting go, the holder looks once more and
    * re-queues the VM if an operation arrived meanwhile (the sweeper backs that up).
    */
-  const locks = new VmLocks(opts.databaseUrl, (opts.concurrency ?? 4) + 3); // + the drift check's
+  const locks = new VmLocks(opts.databaseUrl, (opts.concurrency ?? DEFAULT_WORKER_CONCURRENCY) + 3); // + the drift check's
   let stopping = false;
   const processor = async (job: Job<ExecuteOperationJob>) => {
     const { vmId } = job.data;
@@ -155,7 +155,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       : new Worker<ExecuteOperationJob>(OPERATIONS_QUEUE, processor, {
           connection,
           prefix,
-          concurrency: opts.concurrency ?? 4,
+          concurrency: opts.concurrency ?? DEFAULT_WORKER_CONCURRENCY,
           // A killed worker's job is taken over once its lock lapses.
           lockDuration: 15_000,
           stalledInterval: 5_000,

@@ -7,7 +7,7 @@ describe('worker settings in the typed boot configuration', () => {
     assert.deepEqual(loadConfig({}).worker, {
       mode: 'embedded',
       queuePrefix: 'bull',
-      concurrency: 4,
+      concurrency: 16,
       qemuAccel: 'tcg,thread=single',
       qemuCpu: 'max,-cx16',
       hostNodeBinding: 'auto',

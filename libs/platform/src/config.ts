@@ -6,6 +6,14 @@ import { z } from 'zod';
  * object, so a misspelled or malformed setting fails the boot with its name,
  * not a request hours later.
  */
+/**
+ * Operations a worker runs at once, each on a different VM. Most of an operation's time is
+ * spent waiting for QEMU and the guest, and the VM loops that meet between two operations
+ * share one statement and one commit (EndAndClaimBatcher): 16 loops keep a 2-CPU machine
+ * busy where 4 left a quarter of it idle (bench:ops).
+ */
+export const DEFAULT_WORKER_CONCURRENCY = 16;
+
 const port = z.coerce.number().int().min(0).max(65535);
 const optionalPath = z.string().min(1).optional();
 const millis = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
@@ -32,7 +40,7 @@ const EnvSchema = z
       .string()
       .regex(/^[A-Za-z0-9_.-]{1,64}$/, 'must be 1 to 64 letters, digits, "_", "." or "-" (it starts every BullMQ key, before a ":")')
       .default('bull'),
-    MEMPLANE_WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(4),
+    MEMPLANE_WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(DEFAULT_WORKER_CONCURRENCY),
     MEMPLANE_QEMU_ACCEL: z
       .string()
       .regex(/^[a-z]+(,[a-z0-9-]+=[A-Za-z0-9_.-]+)*$/, 'must be a QEMU -accel value such as tcg,thread=single or kvm')

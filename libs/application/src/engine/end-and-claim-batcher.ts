@@ -42,7 +42,7 @@ export class EndAndClaimBatcher {
     opts: EndAndClaimBatcherOptions = {},
   ) {
     this.maxBatch = opts.maxBatch ?? 32;
-    this.maxInFlight = opts.maxInFlight ?? 1;
+    this.maxInFlight = opts.maxInFlight ?? 2;
   }
 
   submit(item: EndAndClaimItem): Promise<EndAndClaimResult> {
