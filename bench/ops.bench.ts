@@ -68,7 +68,14 @@ if (OBSERVE !== 'events' && OBSERVE !== 'poll') throw new Error(`--observe event
 const TRACE = args.includes('--trace');
 /** With --pg-statements: Postgres' statements during the queue drain alone (pg_stat_statements, nested ones included), per operation. */
 const PG_STATEMENTS = args.includes('--pg-statements');
-
+/** --pg-set name=value (repeatable): a Postgres server setting for the whole run, to measure what a setting changes. */
+const PG_SETTINGS = Object.fromEntries(
+  args.flatMap((a, i) => (a === '--pg-set' ? [args[i + 1] ?? ''] : [])).map((kv) => {
+    const eq = kv.indexOf('=');
+    if (eq <= 0) throw new Error(`--pg-set name=value, not ${kv}`);
+    return [kv.slice(0, eq), kv.slice(eq + 1)];
+  }),
+);
 
 /** Resets pg_stat_statements now; the returned function prints what ran since, per operation. */
 async function statementsSince(databaseUrl: string): Promise<(operations: number) => Promise<string[]>> {
@@ -629,7 +636,10 @@ async function main(): Promise<void> {
       dir: join(dir, 'postgres'),
       port: await freePort(),
       database: 'memplane',
-      ...(PG_STATEMENTS ? { settings: { shared_preload_libraries: 'pg_stat_statements', 'pg_stat_statements.track': 'all', 'pg_stat_statements.track_planning': 'on' } } : {}),
+      settings: {
+        ...PG_SETTINGS,
+        ...(PG_STATEMENTS ? { shared_preload_libraries: 'pg_stat_statements', 'pg_stat_statements.track': 'all', 'pg_stat_statements.track_planning': 'on' } : {}),
+      },
     });
     stops.push(pg.stop);
     const redis = await startEmbeddedRedis({ dir: join(dir, 'redis'), port: await freePort() });
