@@ -3,6 +3,7 @@ import { GROUP_SELECT, groupRowToRecord, type GroupRow, type MemoryGroupRecord }
 import { OPERATION_CHANNEL } from './notifications';
 import { operationRowToRecord, type OperationRecord, type OpRow } from './operation.repository';
 import type { Sql } from './sql';
+import { deviceWrite, type WrittenDevices } from './vm-devices';
 import { VM_SPEC_COLUMNS, vmRowToRecord, type VmRecord, type VmRow } from './vm.repository';
 
 /** Where a running VM's QEMU can be found again, by any worker (Postgres is the source of truth). */
@@ -21,7 +22,7 @@ export interface OperationEnd {
   steps?: { steps: OperationStep[]; progressPercent: number };
   /** The group's observation. */
   group?: { id: string; observation: { state: GroupObservedState; pluggedBytes: number; onlineBlocks: number; zones: Record<string, number> } };
-  /** The VM's memory devices as QEMU last showed them. */
+  /** The VM's memory devices as QEMU last showed them (vm_memory_devices). */
   devices?: unknown[];
 }
 
@@ -50,6 +51,7 @@ export interface ClaimedOperation {
 
 interface ClaimRow {
   ended: number;
+  devices_written: number;
   claimed_from: string | null;
   op: (OpRow & { cancel_requested: boolean }) | null;
   vm: (VmRow & { runtime_dir: string | null }) | null;
@@ -72,7 +74,8 @@ const VM_COLUMNS = `${VM_SPEC_COLUMNS}, v.runtime_dir`;
 // them, and concurrent VM loops share it (EndAndClaimBatcher): one statement, one commit.
 // $1 is a JSON array of items, one per VM (never two for one VM), each with its `n`:
 // - the end (op_id, op_state ...): the operation's state, error and final steps, its
-//   group's observation and the VM's devices, written together;
+//   group's observation and the VM's devices, written together (the devices as the
+//   changes from what the caller knows it wrote before, or whole: memplane_put_vm_devices);
 // - the claim (claim_next): the VM's oldest unfinished operation other than the one ending,
 //   marked RUNNING (an attempt), returned with the VM, its groups (desired state) and its
 //   host. The reads see the snapshot the statement started with, which is all committed
@@ -83,13 +86,16 @@ const VM_COLUMNS = `${VM_SPEC_COLUMNS}, v.runtime_dir`;
 const END_AND_CLAIM = `with
   input as (
     select * from jsonb_to_recordset($1::jsonb) as i(n int, vm_id uuid, known_key text, op_id uuid, op_state text, error jsonb, steps jsonb,
-      progress_percent int, group_id uuid, group_state text, plugged_bytes bigint, online_blocks int, online_zones jsonb, devices jsonb, claim_next boolean)),
+      progress_percent int, group_id uuid, group_state text, plugged_bytes bigint, online_blocks int, online_zones jsonb,
+      devices_full boolean, devices_put jsonb, devices_drop jsonb, claim_next boolean)),
   end_group as (
     update memory_groups g set state = i.group_state::"GroupObservedState", plugged_bytes = i.plugged_bytes, online_blocks = i.online_blocks,
       online_zones = i.online_zones, updated_at = now()
     from input i where g.id = i.group_id),
   end_vm as (
-    update vms v set observed_devices = i.devices, observed_at = now() from input i where v.id = i.vm_id and i.devices is not null),
+    update vms v set observed_at = now() from input i where v.id = i.vm_id and i.devices_put is not null),
+  end_devices as (
+    select i.n, memplane_put_vm_devices(i.vm_id, i.devices_full, i.devices_put, i.devices_drop) as written from input i where i.devices_put is not null),
   ended as (
     update operations o set state = i.op_state::"OperationState", error = i.error, ended_at = now(), updated_at = now(),
       steps = coalesce(i.steps, o.steps),
@@ -111,6 +117,7 @@ const END_AND_CLAIM = `with
   select
     i.n,
     (select count(*) from ended e where e.id = i.op_id)::int as ended,
+    (select count(*) from end_devices w where w.n = i.n)::int as devices_written,
     c.claimed_from,
     case when c.id is not null then (select row_to_json(x) from (
       select c.id, c.seq, c.vm_id, v.name as vm, c.group_id, c.group_name, c.kind::text as kind, c.state::text as state, c.steps, c.progress_percent,
@@ -145,11 +152,18 @@ export interface EndAndClaimItem {
   claimNext: boolean;
   /** The context key of the VM context the caller has (then it is not read again while current). */
   knownContextKey?: string | undefined;
+  /**
+   * The VM's devices as the caller last wrote them, when nothing else can have written them
+   * since (it has held the VM's lock throughout): then only the differences are written.
+   */
+  writtenDevices?: WrittenDevices | undefined;
 }
 
 export interface EndAndClaimResult {
   ended: boolean;
   next?: ClaimedOperation;
+  /** The VM's devices as this end wrote them (none when it carried none). */
+  writtenDevices?: WrittenDevices;
 }
 
 /** The hotplug engine's reads and writes that must cost one round trip each. */
@@ -184,8 +198,10 @@ export class EngineRepository {
   async endAndClaimMany(sql: Sql, items: readonly EndAndClaimItem[]): Promise<EndAndClaimResult[]> {
     const vms = new Set(items.map((i) => i.vmId));
     if (vms.size !== items.length) throw new Error('endAndClaimMany: two items for one VM');
+    const writes = items.map(({ end, writtenDevices }) => (end?.devices ? deviceWrite(end.devices, writtenDevices) : undefined));
     const input = items.map(({ vmId, end, claimNext, knownContextKey }, n) => {
       const g = end?.group;
+      const devices = writes[n];
       return {
         n,
         vm_id: vmId,
@@ -200,12 +216,18 @@ export class EngineRepository {
         plugged_bytes: g?.observation.pluggedBytes ?? null,
         online_blocks: g?.observation.onlineBlocks ?? null,
         online_zones: g?.observation.zones ?? null,
-        devices: end?.devices ?? null,
+        devices_full: devices?.full ?? null,
+        devices_put: devices?.put ?? null,
+        devices_drop: devices?.drop ?? null,
         claim_next: claimNext,
       };
     });
     const rows = await sql.query<ClaimRow>(END_AND_CLAIM, [JSON.stringify(input)]);
-    return items.map((item, n) => claimResult(sql, item, rows[n]));
+    return items.map((item, n) => {
+      const result = claimResult(sql, item, rows[n]);
+      const written = writes[n]?.written;
+      return written && rows[n]?.devices_written ? { ...result, writtenDevices: written } : result;
+    });
   }
 
   /** Records the steps done so far and answers whether a cancel was asked for meanwhile. */

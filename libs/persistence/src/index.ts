@@ -6,6 +6,7 @@ export * from './audit.repository';
 export * from './idempotency.repository';
 export * from './vm.repository';
 export * from './vm-drift.repository';
+export * from './vm-devices';
 export * from './memory-group.repository';
 export * from './ledger.repository';
 export * from './operation.repository';

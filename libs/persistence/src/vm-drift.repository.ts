@@ -1,5 +1,6 @@
 import type { MemoryDriftCondition } from '#domain';
 import type { Sql } from './sql';
+import { deviceWrite } from './vm-devices';
 
 /**
  * The sweeper's drift reports (vms.memory_drift, memory_drift_checked_at): output only,
@@ -33,11 +34,11 @@ export class VmDriftRepository {
    */
   async record(sql: Sql, vmId: string, conditions: readonly MemoryDriftCondition[], observedDevices: readonly unknown[], observedAt: Date): Promise<Date | undefined> {
     const rows = await sql.query<{ checked_at: Date }>(
-      `update vms set memory_drift = $2::jsonb, memory_drift_checked_at = $4::timestamptz, observed_devices = $3::jsonb, observed_at = $4::timestamptz
+      `update vms set memory_drift = $2::jsonb, memory_drift_checked_at = $4::timestamptz, observed_at = $4::timestamptz
        where id = $1::uuid and state = 'RUNNING'
          and not exists (select 1 from operations o where o.vm_id = $1::uuid and o.state in ('PENDING', 'RUNNING'))
-       returning memory_drift_checked_at as checked_at`,
-      [vmId, JSON.stringify(conditions), JSON.stringify(observedDevices), observedAt],
+       returning memory_drift_checked_at as checked_at, memplane_put_vm_devices(id, true, $3::jsonb, null) as devices_written`,
+      [vmId, JSON.stringify(conditions), JSON.stringify(deviceWrite(observedDevices).put), observedAt],
     );
     return rows[0]?.checked_at;
   }

@@ -2,6 +2,7 @@ import { DomainError, driftRecord, etagOf, type GuestMemoryOverrides, type Memor
 import type { Tx } from './database';
 import { isUniqueViolation } from './database';
 import type { Sql } from './sql';
+import { OBSERVED_DEVICES_SELECT } from './vm-devices';
 
 /** A VM row as read with its host; `hostId` and `hostState` are what the services need besides the resource. */
 export interface VmRecord extends Vm {
@@ -86,7 +87,7 @@ export const VM_SPEC_COLUMNS = `v.id, v.name, v.description, v.labels, v.host_id
      order by n.guest_node_id), '[]'::json) from vm_guest_nodes n where n.vm_id = v.id) as guest_nodes`;
 
 // What the API shows besides: the last observation and drift report.
-const COLUMNS = `${VM_SPEC_COLUMNS}, v.observed_devices, v.observed_at, v.memory_drift, v.memory_drift_checked_at`;
+const COLUMNS = `${VM_SPEC_COLUMNS}, ${OBSERVED_DEVICES_SELECT} as observed_devices, v.observed_at, v.memory_drift, v.memory_drift_checked_at`;
 
 export class VmRepository {
   async create(sql: Sql, hostId: string, spec: VmSpec): Promise<VmRecord> {

@@ -124,6 +124,7 @@ describe('engine store: claiming and ending operations', () => {
       a.contextKey,
     );
     const b = afterA.next!;
+    assert.deepEqual([...afterA.writtenDevices!.keys()], ['dimm-a'], 'the end says what it wrote');
     assert.equal(b.op.name, second);
     assert.equal(b.contextKey, a.contextKey);
     assert.equal(b.context, undefined, 'unchanged: the caller keeps its copy');
@@ -136,8 +137,8 @@ describe('engine store: claiming and ending operations', () => {
       assert.deepEqual([op.state, op.progress_percent, op.steps], ['SUCCEEDED', 100, [{ name: 'device_add pc-dimm', state: 'DONE' }]]);
       const g = (await c.query(`select state::text, plugged_bytes, online_blocks, online_zones from memory_groups where name = 'a'`)).rows[0];
       assert.deepEqual([g.state, Number(g.plugged_bytes), g.online_blocks, g.online_zones], ['PLUGGED', 256 * MiB, 2, { Movable: 2 }]);
-      const vm = (await c.query(`select observed_devices from vms where id = $1`, [vmId])).rows[0];
-      assert.deepEqual(vm.observed_devices, [{ kind: 'dimm', id: 'dimm-a' }]);
+      const devices = (await c.query(`select key, device from vm_memory_devices where vm_id = $1`, [vmId])).rows;
+      assert.deepEqual(devices, [{ key: 'dimm-a', device: { kind: 'dimm', id: 'dimm-a' } }]);
     } finally {
       await c.end();
     }
@@ -208,6 +209,57 @@ describe('engine store: claiming and ending operations', () => {
       ]),
       /two items for one VM/,
     );
+  });
+
+  it("writes a VM's devices whole or as changes, rewrites no unchanged device, lists them in address order and drops them when the VM stops", async () => {
+    const v = await startedVm('vm-d');
+    const repo = new EngineRepository();
+    const started = (await repo.endAndClaimMany(db.sql, [{ vmId: v, claimNext: true }]))[0]!.next!;
+    const dimm = (id: string, addressBytes: number, sizeBytes = 256 * MiB) => ({ kind: 'dimm', id, addressBytes, sizeBytes, slot: 0, node: 1, memdev: `/objects/mem-${id}`, hotplugged: true, hotpluggable: true });
+    const other = { kind: 'other', type: 'sgx-epc', id: undefined, data: { addr: 12 * GiB, size: 64 * MiB } };
+    const end = async (devices: unknown[], written?: ReadonlyMap<string, unknown>) =>
+      (await repo.endAndClaimMany(db.sql, [{ vmId: v, end: { operationId: started.op.name, state: 'SUCCEEDED', devices }, claimNext: false, writtenDevices: written }]))[0]!;
+    const rows = async () =>
+      Object.fromEntries(
+        (await db.sql.query<{ key: string; xmin: string; size: string }>(`select key, xmin::text, device->>'sizeBytes' as size from vm_memory_devices where vm_id = $1::uuid`, [v])).map((r) => [
+          r.key,
+          { xmin: r.xmin, size: r.size === null ? null : Number(r.size) },
+        ]),
+      );
+    const shown = async () => (await vms.get(ctx, 'vm-d')).observedMemoryDevices?.map((d) => d['id'] ?? d['kind']);
+
+    // Whole: every device a row, keyed by its id (or kind@address without one), shown by address.
+    const first = await end([dimm('dimm-b', 8 * GiB), dimm('dimm-a', 4 * GiB), other]);
+    assert.deepEqual([...first.writtenDevices!.keys()], ['dimm-b', 'dimm-a', `other@${12 * GiB}`]);
+    const r1 = await rows();
+    assert.deepEqual(Object.keys(r1).sort(), ['dimm-a', 'dimm-b', `other@${12 * GiB}`]);
+    assert.deepEqual(await shown(), ['dimm-a', 'dimm-b', 'other']);
+
+    // Changes only: dimm-b resized, dimm-c new, the unknown device gone; dimm-a is not rewritten.
+    const second = await end([dimm('dimm-a', 4 * GiB), dimm('dimm-b', 8 * GiB, 512 * MiB), dimm('dimm-c', 2 * GiB)], first.writtenDevices);
+    assert.deepEqual([...second.writtenDevices!.keys()], ['dimm-a', 'dimm-b', 'dimm-c'], 'what the table holds now, not what changed');
+    const r2 = await rows();
+    assert.deepEqual(Object.keys(r2).sort(), ['dimm-a', 'dimm-b', 'dimm-c']);
+    assert.equal(r2['dimm-a']!.xmin, r1['dimm-a']!.xmin, 'an unchanged device is left as it was');
+    assert.notEqual(r2['dimm-b']!.xmin, r1['dimm-b']!.xmin);
+    assert.equal(r2['dimm-b']!.size, 512 * MiB);
+    assert.deepEqual(await shown(), ['dimm-c', 'dimm-a', 'dimm-b']);
+
+    // Whole again, knowing nothing: the same list rewrites nothing; a shorter one drops the rest.
+    await end([dimm('dimm-c', 2 * GiB), dimm('dimm-a', 4 * GiB), dimm('dimm-b', 8 * GiB, 512 * MiB)]);
+    assert.deepEqual(await rows(), r2);
+    const fourth = await end([dimm('dimm-a', 4 * GiB)]);
+    assert.deepEqual(Object.keys(await rows()), ['dimm-a']);
+    assert.deepEqual([...fourth.writtenDevices!.keys()], ['dimm-a']);
+
+    // An end without devices writes none and says so (the caller forgets what it knew).
+    const fifth = await end(undefined as unknown as unknown[]);
+    assert.equal(fifth.writtenDevices, undefined);
+    assert.deepEqual(Object.keys(await rows()), ['dimm-a']);
+
+    await store.setVmStopped(v, 'STOPPED');
+    assert.deepEqual(await rows(), {});
+    assert.deepEqual(await shown(), []);
   });
 
   it('batches the VM loops that ask while a statement runs, and splits a batch that fails so only the failing item fails', async () => {

@@ -1,5 +1,21 @@
 import { holdingBytes, type GroupObservedState, type OperationError, type OperationStep } from '#domain';
-import { Database, EngineRepository, OPERATION_CHANNEL, MemoryGroupRepository, VmRepository, type ClaimedOperation, type MemoryGroupRecord, type OperationEnd, type Sql, type VmContext, type VmRecord, type VmRuntime } from '#persistence';
+import {
+  Database,
+  EngineRepository,
+  OPERATION_CHANNEL,
+  MemoryGroupRepository,
+  VmRepository,
+  deviceWrite,
+  type ClaimedOperation,
+  type EndAndClaimResult,
+  type MemoryGroupRecord,
+  type OperationEnd,
+  type Sql,
+  type VmContext,
+  type VmRecord,
+  type VmRuntime,
+  type WrittenDevices,
+} from '#persistence';
 import { ledgerGroupOf, PoolLedger } from '../pool-ledger';
 import { EndAndClaimBatcher, type EndAndClaimBatcherOptions } from './end-and-claim-batcher';
 
@@ -75,10 +91,12 @@ export class EngineStore {
 
   /**
    * Writes an operation's end (with its group's observation and the VM's devices) and, with
-   * `claimNext`, claims the VM's next operation, in one statement.
+   * `claimNext`, claims the VM's next operation, in one statement. `writtenDevices`: the
+   * VM's devices as the caller's previous end wrote them, while it held the VM's lock
+   * throughout (then only what changed is written); the result says what this end wrote.
    */
-  async endAndClaim(vmId: string, end: OperationEnd, claimNext: boolean, knownContextKey?: string): Promise<{ ended: boolean; next?: ClaimedOperation }> {
-    return this.endAndClaims.submit({ vmId, end, claimNext, knownContextKey });
+  async endAndClaim(vmId: string, end: OperationEnd, claimNext: boolean, knownContextKey?: string, writtenDevices?: WrittenDevices): Promise<EndAndClaimResult> {
+    return this.endAndClaims.submit({ vmId, end, claimNext, knownContextKey, writtenDevices });
   }
 
   /** Back to PENDING for a retry after a transient failure. */
@@ -100,7 +118,8 @@ export class EngineStore {
   async setVmStopped(vmId: string, state: 'STOPPED' | 'FAILED'): Promise<void> {
     await this.db.sqlTransaction(async (sql) => {
       await sql.query(
-        `update vms set state = $2::"VmState", qemu_pid = null, observed_devices = '[]'::jsonb, version = version + 1, updated_at = now() where id = $1::uuid`,
+        `with d as (delete from vm_memory_devices where vm_id = $1::uuid)
+         update vms set state = $2::"VmState", qemu_pid = null, version = version + 1, updated_at = now() where id = $1::uuid`,
         [vmId, state],
       );
       await sql.query(
@@ -112,10 +131,6 @@ export class EngineStore {
 
   async setVmState(vmId: string, state: 'STARTING' | 'RUNNING' | 'STOPPING' | 'FAILED'): Promise<void> {
     await this.vms.setState(this.db.sql, vmId, state);
-  }
-
-  async recordObservedDevices(vmId: string, devices: unknown[]): Promise<void> {
-    await this.db.sql.query(`update vms set observed_devices = $2::jsonb, observed_at = now() where id = $1::uuid`, [vmId, JSON.stringify(devices)]);
   }
 
   async setGroupObserved(groupId: string, o: GroupObservation): Promise<void> {
@@ -134,10 +149,10 @@ export class EngineStore {
       const g = await this.lockedGroup(sql, vm, group);
       if (g) await this.ledger.deleteGroup(sql, vm.name, g);
       await sql.query(
-        `with v as (update vms set observed_devices = $3::jsonb, observed_at = now() where id = $2::uuid)
+        `with v as (update vms set observed_at = now() where id = $2::uuid returning memplane_put_vm_devices(id, true, $3::jsonb, null))
          update operations set state = 'SUCCEEDED', error = null, ended_at = now(), updated_at = now(), progress_percent = 100, steps = $4::jsonb
          where id = $1::uuid and state in ('PENDING', 'RUNNING')`,
-        [operationId, vm.uid, JSON.stringify(devices), JSON.stringify(steps)],
+        [operationId, vm.uid, JSON.stringify(deviceWrite(devices).put), JSON.stringify(steps)],
       );
       sql.notify(OPERATION_CHANNEL, operationId);
     });

@@ -19,8 +19,7 @@ import {
   zoneRequestFor,
 } from '#domain';
 import type { GuestMemoryBlockResponse, HypervisorDriver, MemoryDevice } from '#hypervisor';
-import type { MemoryGroupRecord } from '#persistence';
-import type { ClaimedOperation, OperationEnd, VmContext } from '#persistence';
+import type { ClaimedOperation, MemoryGroupRecord, OperationEnd, VmContext, WrittenDevices } from '#persistence';
 import type { EngineContext, EngineStore } from './engine-store';
 import { RunObservation } from './run-observation';
 import { StepRecorder } from './step-recorder';
@@ -150,6 +149,10 @@ export class OperationExecutor {
   async executeHead(vmId: string, more: () => boolean = () => false): Promise<{ operationId: string; state: OperationOutcome }[]> {
     const done: { operationId: string; state: OperationOutcome }[] = [];
     let known = this.contexts.get(vmId);
+    // The VM's devices as this loop's last end wrote them: it holds the VM's lock throughout,
+    // so the next end writes only what changed. Forgotten whenever anything else may have
+    // written them (an end without devices, an unplug's own transaction, a stop).
+    let written: WrittenDevices | undefined;
     let claimed = await this.store.claimHead(vmId, known?.key);
     while (claimed) {
       const ctx = this.contextOf(vmId, claimed, known);
@@ -157,8 +160,14 @@ export class OperationExecutor {
       done.push({ operationId: ctx.op.name, state });
       const next = more();
       known = this.contexts.get(vmId);
-      if (end) claimed = (await this.store.endAndClaim(vmId, end, next, known?.key)).next;
-      else claimed = next ? await this.store.claimHead(vmId, known?.key) : undefined;
+      if (end) {
+        const r = await this.store.endAndClaim(vmId, end, next, known?.key, written);
+        claimed = r.next;
+        written = r.writtenDevices;
+      } else {
+        written = undefined;
+        claimed = next ? await this.store.claimHead(vmId, known?.key) : undefined;
+      }
     }
     return done;
   }
