@@ -117,6 +117,7 @@ const END_AND_CLAIM = `with
   select
     i.n,
     (select count(*) from ended e where e.id = i.op_id)::int as ended,
+    -- referenced so that end_devices runs (a select CTE nothing reads is never evaluated)
     (select count(*) from end_devices w where w.n = i.n)::int as devices_written,
     c.claimed_from,
     case when c.id is not null then (select row_to_json(x) from (
@@ -225,6 +226,7 @@ export class EngineRepository {
     const rows = await sql.query<ClaimRow>(END_AND_CLAIM, [JSON.stringify(input)]);
     return items.map((item, n) => {
       const result = claimResult(sql, item, rows[n]);
+      // Believed written only when the statement says the write ran: otherwise the caller's next end writes the whole list.
       const written = writes[n]?.written;
       return written && rows[n]?.devices_written ? { ...result, writtenDevices: written } : result;
     });

@@ -1,6 +1,6 @@
 import type { MemoryDriftCondition } from '#domain';
 import type { Sql } from './sql';
-import { deviceWrite } from './vm-devices';
+import { deviceRows } from './vm-devices';
 
 /**
  * The sweeper's drift reports (vms.memory_drift, memory_drift_checked_at): output only,
@@ -38,7 +38,7 @@ export class VmDriftRepository {
        where id = $1::uuid and state = 'RUNNING'
          and not exists (select 1 from operations o where o.vm_id = $1::uuid and o.state in ('PENDING', 'RUNNING'))
        returning memory_drift_checked_at as checked_at, memplane_put_vm_devices(id, true, $3::jsonb, null) as devices_written`,
-      [vmId, JSON.stringify(conditions), JSON.stringify(deviceWrite(observedDevices).put), observedAt],
+      [vmId, JSON.stringify(conditions), JSON.stringify(deviceRows(observedDevices)), observedAt],
     );
     return rows[0]?.checked_at;
   }

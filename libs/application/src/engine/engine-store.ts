@@ -5,7 +5,7 @@ import {
   OPERATION_CHANNEL,
   MemoryGroupRepository,
   VmRepository,
-  deviceWrite,
+  deviceRows,
   type ClaimedOperation,
   type EndAndClaimResult,
   type MemoryGroupRecord,
@@ -152,7 +152,7 @@ export class EngineStore {
         `with v as (update vms set observed_at = now() where id = $2::uuid returning memplane_put_vm_devices(id, true, $3::jsonb, null))
          update operations set state = 'SUCCEEDED', error = null, ended_at = now(), updated_at = now(), progress_percent = 100, steps = $4::jsonb
          where id = $1::uuid and state in ('PENDING', 'RUNNING')`,
-        [operationId, vm.uid, JSON.stringify(deviceWrite(devices).put), JSON.stringify(steps)],
+        [operationId, vm.uid, JSON.stringify(deviceRows(devices)), JSON.stringify(steps)],
       );
       sql.notify(OPERATION_CHANNEL, operationId);
     });
