@@ -123,4 +123,48 @@ describe('operations of one VM, two workers', () => {
       await db.end();
     }
   });
+
+  it('shows each VM’s devices as QEMU has them after loops that plug and unplug one after another', async () => {
+    // Unplugs and plugs recorded together, so a VM loop runs several of each back to back:
+    // its ends write only what changed since its previous end (a diff that wrote nothing
+    // fails this test), and an unplug writes the whole list in its own transaction.
+    const requests: Promise<unknown>[] = [];
+    for (let i = 0; i < 6; i++) {
+      for (let v = 0; v < VMS; v++) {
+        requests.push(http(api, 'DELETE', `/v1/vms/vm-s${v}/memory-groups/g${2 * i}`).then((r) => assert.equal(r.status, 202, JSON.stringify(r.body))));
+        requests.push(
+          http(api, 'POST', `/v1/vms/vm-s${v}/memory-groups`, { body: { name: `h${i}`, pool: 'cxl-s', kind: 'STATIC', sizeBytes: 128 * MiB, onlineType: 'ONLINE_MOVABLE' } }).then((r) =>
+            assert.equal(r.status, 201, JSON.stringify(r.body)),
+          ),
+        );
+      }
+    }
+    await Promise.all(requests);
+    const db = new Client({ connectionString: api.databaseUrl });
+    await db.connect();
+    try {
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        const active = Number((await db.query(`select count(*) as n from operations where state in ('PENDING', 'RUNNING')`)).rows[0].n);
+        if (active === 0) break;
+        assert.ok(Date.now() < deadline, `${active} operations did not end`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.deepEqual((await db.query(`select state::text, count(*)::int as n from operations where state <> 'SUCCEEDED' group by state`)).rows, []);
+      const byId = (list: { id?: unknown }[]) => [...list].sort((a, b) => String(a.id).localeCompare(String(b.id)));
+      for (let v = 0; v < VMS; v++) {
+        const vm = await http(api, 'GET', `/v1/vms/vm-s${v}`);
+        const inQemu = JSON.parse(JSON.stringify(await driver.queryMemoryDevices(vm.body.uid))) as { id?: unknown; addressBytes: number }[];
+        assert.deepEqual(
+          inQemu.map((d) => d.id).sort(),
+          [...Array.from({ length: 6 }, (_, i) => `dimm-g${2 * i + 1}`), ...Array.from({ length: 6 }, (_, i) => `dimm-h${i}`)].sort(),
+        );
+        assert.deepEqual(byId(vm.body.observedMemoryDevices), byId(inQemu), `vm-s${v}: the API shows what QEMU has`);
+        const addresses = (vm.body.observedMemoryDevices as { addressBytes: number }[]).map((d) => d.addressBytes);
+        assert.deepEqual(addresses, [...addresses].sort((a, b) => a - b), 'in address order');
+      }
+    } finally {
+      await db.end();
+    }
+  });
 });
