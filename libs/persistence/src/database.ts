@@ -22,12 +22,17 @@ export interface DatabaseOptions {
 export class Database {
   readonly prisma: PrismaClient;
   private readonly pool: Pool;
+  /** Pools of their own for hot statements (see `dedicatedSql`). */
+  private readonly lanes: Pool[] = [];
   /** Raw SQL outside a transaction (each statement on any pooled connection). */
   readonly sql: Sql;
   /** NOTIFY, after commit and coalesced (Sql.notify). */
   readonly hints: PgHints;
 
+  private readonly url: string;
+
   constructor(opts: DatabaseOptions) {
+    this.url = opts.url;
     this.pool = new Pool({ connectionString: opts.url, max: opts.poolSize ?? 20, connectionTimeoutMillis: 10_000 });
     // An idle connection that drops (a Postgres restart) must not crash the process; the next query reports it.
     this.pool.on('error', () => undefined);
@@ -39,6 +44,20 @@ export class Database {
     this.prisma = new PrismaClient({ adapter });
     this.hints = new PgHints(this.pool);
     this.sql = new PgSql(this.pool, (channel, payload) => this.hints.send(channel, payload));
+  }
+
+  /**
+   * Raw SQL on `size` connections of its own, for one hot statement run back to back (the
+   * engine's end-and-claim): Postgres plans a prepared statement on each connection that runs
+   * it, so a statement that costs milliseconds to plan is planned `size` times, not once per
+   * connection of the shared pool, and it never waits behind other work for a connection.
+   * Hints go out like `sql`'s.
+   */
+  dedicatedSql(size: number): Sql {
+    const pool = new Pool({ connectionString: this.url, max: size, connectionTimeoutMillis: 10_000, options: '-c plan_cache_mode=force_generic_plan' });
+    pool.on('error', () => undefined);
+    this.lanes.push(pool);
+    return new PgSql(pool, (channel, payload) => this.hints.send(channel, payload));
   }
 
   async transaction<T>(fn: (tx: Tx) => Promise<T>, opts: { isolation?: 'ReadCommitted' | 'Serializable'; attempts?: number } = {}): Promise<T> {
@@ -132,6 +151,7 @@ export class Database {
     await this.hints.flushed();
     await this.prisma.$disconnect();
     await this.pool.end().catch(() => undefined);
+    for (const lane of this.lanes) await lane.end().catch(() => undefined);
   }
 }
 

@@ -37,12 +37,13 @@ export class EndAndClaimBatcher {
   /** Statements run and items they carried, since start (items ÷ statements is the mean batch size). */
   readonly stats = { statements: 0, items: 0 };
 
-  constructor(
-    private readonly sql: Sql,
-    opts: EndAndClaimBatcherOptions = {},
-  ) {
+  private readonly sql: Sql;
+
+  /** `sqlOn(n)`: where the statements run, `n` at a time at most (connections of their own). */
+  constructor(sqlOn: (connections: number) => Sql, opts: EndAndClaimBatcherOptions = {}) {
     this.maxBatch = opts.maxBatch ?? 32;
     this.maxInFlight = opts.maxInFlight ?? 2;
+    this.sql = sqlOn(this.maxInFlight);
   }
 
   submit(item: EndAndClaimItem): Promise<EndAndClaimResult> {

@@ -265,7 +265,7 @@ describe('engine store: claiming and ending operations', () => {
   it('batches the VM loops that ask while a statement runs, and splits a batch that fails so only the failing item fails', async () => {
     const h = await startedVm('vm-h');
     const k = await startedVm('vm-k');
-    const batcher = new EndAndClaimBatcher(db.sql, { maxInFlight: 1 });
+    const batcher = new EndAndClaimBatcher(() => db.sql, { maxInFlight: 1 });
     // The first goes at once; the next two wait for it and go together, and the second of
     // them is malformed (not a uuid), which fails their statement as a whole.
     const first = batcher.submit({ vmId: h, claimNext: true });

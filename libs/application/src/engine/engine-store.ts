@@ -47,7 +47,7 @@ export class EngineStore {
     readonly db: Database,
     opts: { endAndClaim?: EndAndClaimBatcherOptions } = {},
   ) {
-    this.endAndClaims = new EndAndClaimBatcher(db.sql, opts.endAndClaim);
+    this.endAndClaims = new EndAndClaimBatcher((n) => db.dedicatedSql(n), opts.endAndClaim);
   }
 
   /**
