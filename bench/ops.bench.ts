@@ -8,9 +8,12 @@
  * 1. Queue machinery alone: Postgres, the outbox, BullMQ and the real executor, with the
  *    hypervisor replaced by an in-process recording driver (bench/recording-driver.ts, no
  *    QEMU): PLUG operations over several VMs are recorded through the REST API while no worker
- *    runs, then a worker starts; operations/s from its start to the last SUCCEEDED. Then the
- *    same number again with REST clients creating while the worker runs (first request →
- *    last SUCCEEDED), which the API's own creation rate bounds.
+ *    takes them, then one does; operations/s from then to the last SUCCEEDED. Twice: (a) a
+ *    worker process started only then, cold (its connections, Postgres' first plans of its
+ *    statements and the JIT fall in the drain); (b) a running worker, paused while the
+ *    operations were recorded and then resumed (the target is about this one: a worker
+ *    that runs). Then the same number again with REST clients creating while the worker
+ *    runs (first request → last SUCCEEDED), which the API's own creation rate bounds.
  * 2. On a real guest (QEMU + Debian linux-6.12 guest): plug a 256 MiB STATIC group, shrink and
  *    grow a DYNAMIC (virtio-mem) group 512 MiB ↔ 128 MiB, unplug the static group — through the
  *    REST API (request → operation observed SUCCEEDED through its server-sent events, or with
@@ -99,7 +102,7 @@ async function statementsSince(databaseUrl: string): Promise<(operations: number
   };
 }
 
-/** With --profile-drain FILE: a V8 CPU profile of this process (worker, executor, recording driver) during the queue drain alone. */
+/** With --profile-drain FILE: a V8 CPU profile of this process (worker, executor, recording driver) during the running worker's queue drain (1b) alone. */
 const PROFILE_DRAIN = args.includes('--profile-drain') ? args[args.indexOf('--profile-drain') + 1] : undefined;
 
 /** Starts the profiler; the returned function stops it and writes the profile to `file`. */
@@ -246,10 +249,14 @@ async function queueBench(databaseUrl: string, redisUrl: string, runtimeDir: str
   const pg = new Client({ connectionString: databaseUrl });
   await pg.connect();
   const out: string[] = [];
-  const perVm = Math.ceil((2 * QUEUE_OPS) / QUEUE_VMS);
-  const createPlugs = async (from: number) => {
+  // Each run has VMs of its own (QUEUE_VMS of them), so each starts from VMs with one group:
+  // an operation's work grows with the devices its VM already has.
+  const RUNS = 3;
+  const perVm = Math.ceil(QUEUE_OPS / QUEUE_VMS);
+  const createPlugs = async (run: number) => {
+    const from = run * QUEUE_OPS;
     const jobs: { vm: number; name: string }[] = [];
-    for (let i = from; i < from + QUEUE_OPS; i++) jobs.push({ vm: i % QUEUE_VMS, name: `g-${i}` });
+    for (let i = from; i < from + QUEUE_OPS; i++) jobs.push({ vm: run * QUEUE_VMS + (i % QUEUE_VMS), name: `g-${i}` });
     let next = 0;
     await Promise.all(
       Array.from({ length: 32 }, async () => {
@@ -289,12 +296,12 @@ async function queueBench(databaseUrl: string, redisUrl: string, runtimeDir: str
     return stats(rows.map((r) => Number(r.ms)));
   };
   try {
-    // The pool holds both runs' plugs; the host's CXL node holds the pool (--queue-ops beyond ~1,000 needs more than 256 GiB).
-    const poolBytes = (2 * QUEUE_OPS + QUEUE_VMS + 8) * 128 * MiB;
+    // The pool holds the three runs' plugs; the host's CXL node holds the pool (--queue-ops beyond ~1,000 needs more than 256 GiB).
+    const poolBytes = (RUNS * (QUEUE_OPS + QUEUE_VMS) + 8) * 128 * MiB;
     await must('POST', '/v1/hosts', 201, cxlHostBody('hv-queue', Math.max(256 * GiB, poolBytes)));
     await must('POST', '/v1/pools', 201, { name: 'cxl-queue', host: 'hv-queue', hostNodeId: 1, capacityBytes: poolBytes });
     const vmIds: string[] = [];
-    for (let v = 0; v < QUEUE_VMS; v++) {
+    for (let v = 0; v < RUNS * QUEUE_VMS; v++) {
       const vm = await must('POST', '/v1/vms', 201, {
         name: `qvm-${v}`,
         host: 'hv-queue',
@@ -316,44 +323,85 @@ async function queueBench(databaseUrl: string, redisUrl: string, runtimeDir: str
       }),
     );
 
-    // 1. The queue machinery alone: the operations are recorded (through the API) while no
-    //    worker runs; then a worker starts and moves them outbox → BullMQ → executor → SUCCEEDED.
-    await worker.stop();
-    worker = undefined;
-    const floor1 = await maxSeq();
-    const c0 = performance.now();
-    await createPlugs(0);
-    const createMs = performance.now() - c0;
-    const calls1 = driver.calls.length;
-    // Diagnostics start before the drain's clocks do, so their setup is not counted in it.
-    const stopProfile = PROFILE_DRAIN ? await startProfile(PROFILE_DRAIN) : undefined;
-    const statements = PG_STATEMENTS ? await statementsSince(databaseUrl) : undefined;
-    const cpu0 = cpuMs(benchDir);
-    const t1 = performance.now();
-    const wall1 = Date.now();
-    worker = await startWorker(workerOptions);
-    const r1 = await allEnded(floor1);
-    const cpu1 = cpuMs(benchDir);
-    const batching = { ...worker.store.endAndClaims.stats };
-    const drainStatements = statements ? await statements(r1.done) : [];
-    await stopProfile?.();
-    // The drain ends when the last operation ended (Postgres' ended_at, same clock as this
-    // machine's); the observed end is up to one look (20 ms) later.
-    const drainMs = r1.lastEndedAt - wall1;
-    // How long the worker took to start and hear of its first operation (part of the drain).
-    const firstStartedAt = Number(
-      (await pg.query<{ at: string | null }>(`select (extract(epoch from min(started_at)) * 1000)::text as at from operations where seq > $1`, [floor1])).rows[0]?.at ?? wall1,
+    // 1. The queue machinery alone: QUEUE_OPS operations are recorded (through the API) while
+    //    no worker takes them; then one does, outbox → BullMQ → executor → SUCCEEDED, twice:
+    //    a. a worker process started only then (its connections, Postgres' first plans and
+    //       the JIT are part of the drain);
+    //    b. a running worker, paused (BullMQ Worker.pause) while they were recorded and then
+    //       resumed: its connections are open, its statements planned. The target is about this one.
+    const drain = async (run: number, label: string, idle: () => Promise<void>, begin: () => Promise<void>, diagnose: boolean): Promise<string[]> => {
+      await idle();
+      const floor = await maxSeq();
+      const c0 = performance.now();
+      await createPlugs(run);
+      const createMs = performance.now() - c0;
+      const calls0 = driver.calls.length;
+      const batching0 = { ...(worker?.store.endAndClaims.stats ?? { statements: 0, items: 0 }) };
+      // Diagnostics start before the drain's clocks do, so their setup is not counted in it.
+      const stopProfile = diagnose && PROFILE_DRAIN ? await startProfile(PROFILE_DRAIN) : undefined;
+      const statements = PG_STATEMENTS ? await statementsSince(databaseUrl) : undefined;
+      const cpu0 = cpuMs(benchDir);
+      const t1 = performance.now();
+      const wall1 = Date.now();
+      const mono1 = process.hrtime.bigint();
+      await begin();
+      const r1 = await allEnded(floor);
+      const mono2 = process.hrtime.bigint();
+      const cpu1 = cpuMs(benchDir);
+      const stats = worker?.store.endAndClaims.stats ?? { statements: 0, items: 0 };
+      const batching = { statements: stats.statements - batching0.statements, items: stats.items - batching0.items };
+      const drainStatements = statements ? await statements(r1.done) : [];
+      await stopProfile?.();
+      // The drain ends when the last operation ended (Postgres' ended_at, same clock as this
+      // machine's); the observed end is up to one look (20 ms) later.
+      const drainMs = r1.lastEndedAt - wall1;
+      // How long the worker took to hear of its first operation (part of the drain).
+      const firstStartedAt = Number(
+        (await pg.query<{ at: string | null }>(`select (extract(epoch from min(started_at)) * 1000)::text as at from operations where seq > $1`, [floor])).rows[0]?.at ?? wall1,
+      );
+      const observedMs = r1.at - t1;
+      const rate = (r1.done / drainMs) * 1000;
+      const l1 = await latencies(floor);
+      const calls = driver.calls.length - calls0;
+      const per = (k: 'node' | 'postgres' | 'redis') => f((cpu1[k] - cpu0[k]) / Math.max(1, r1.done), 2);
+      return [
+        `  ${label}: ${QUEUE_OPS} operations recorded through the API (${f(createMs, 0)} ms, ${f((QUEUE_OPS / createMs) * 1000, 0)} creations/s) while no worker took them, then:`,
+        `     succeeded ${r1.done}, failed/cancelled ${r1.failed}; driver calls recorded: ${calls} (${f(calls / Math.max(1, r1.done), 1)} per operation)`,
+        `     drain → last SUCCEEDED: ${f(drainMs, 0)} ms by ended_at (${f(observedMs, 0)} ms observed, ${f((r1.done / observedMs) * 1000, 1)}/s); per operation created → SUCCEEDED p50 ${f(l1.p50)} ms, p99 ${f(l1.p99)} ms (includes the time queued before the drain)`,
+        `     CPU per operation: ${per('node')} ms this process (API idle, worker, recording driver, the poller), ${per('postgres')} ms Postgres, ${per('redis')} ms Redis; the drain kept ${f((cpu1.node + cpu1.postgres + cpu1.redis - cpu0.node - cpu0.postgres - cpu0.redis) / observedMs, 2)} of ${cpus().length} CPUs busy`,
+        `     the first operation started ${f(firstStartedAt - wall1, 0)} ms after the drain began; from then on ${f((r1.done / Math.max(1, r1.lastEndedAt - firstStartedAt)) * 1000, 1)} operations/s`,
+        `     end-and-claim statements: ${batching.statements} for ${batching.items} VM loop steps (${f(batching.items / Math.max(1, batching.statements), 2)} VMs per statement; options ${JSON.stringify(END_CLAIM)})`,
+        // For `perf record -k CLOCK_MONOTONIC` (`perf report --time a,b`): the drain alone.
+        `     drain window, CLOCK_MONOTONIC seconds: ${(Number(mono1) / 1e9).toFixed(6)},${(Number(mono2) / 1e9).toFixed(6)}`,
+        `     throughput: ${f(rate, 1)} operations/s (by ended_at)${diagnose ? `   target ≥ 1000/s: ${rate >= 1000 ? 'MET' : 'NOT MET'}` : ''}`,
+        ...drainStatements,
+      ];
+    };
+    const cold = await drain(
+      0,
+      '1a. a worker process started after the operations were recorded (cold: connections, first plans, JIT)',
+      async () => {
+        await worker?.stop();
+        worker = undefined;
+      },
+      async () => {
+        worker = await startWorker(workerOptions);
+      },
+      false,
     );
-    const observedMs = r1.at - t1;
-    const rate1 = (r1.done / drainMs) * 1000;
-    const l1 = await latencies(floor1);
-    const calls = driver.calls.length - calls1;
+    const running = await drain(
+      1,
+      '1b. the running worker, paused while the operations were recorded, then resumed',
+      async () => worker!.worker!.pause(),
+      async () => worker!.worker!.resume(),
+      true,
+    );
 
     // 2. End to end with the API in the loop: the same number of plugs created by REST
     //    clients while the worker runs (first request → last SUCCEEDED).
     const floor2 = await maxSeq();
     const t2 = performance.now();
-    await createPlugs(QUEUE_OPS);
+    await createPlugs(2);
     const createdBy = performance.now() - t2;
     const wall2 = Date.now() - (performance.now() - t2);
     const r2 = await allEnded(floor2);
@@ -363,24 +411,8 @@ async function queueBench(databaseUrl: string, redisUrl: string, runtimeDir: str
 
     out.push('');
     out.push(`Queue machinery with an in-process recording driver (no QEMU) — Postgres + outbox + BullMQ + executor`);
-    out.push(`  ${QUEUE_OPS} PLUG operations (STATIC 128 MiB) over ${QUEUE_VMS} VMs, worker concurrency ${CONCURRENCY}, ${cpus().length} CPUs`);
-    out.push(`  1. queue machinery alone: ${QUEUE_OPS} operations recorded through the API with no worker running (${f(createMs, 0)} ms, ${f((QUEUE_OPS / createMs) * 1000, 0)} creations/s), then a worker started:`);
-    out.push(`     succeeded ${r1.done}, failed/cancelled ${r1.failed}; driver calls recorded: ${calls} (${f(calls / Math.max(1, r1.done), 1)} per operation)`);
-    out.push(
-      `     worker start → last SUCCEEDED: ${f(drainMs, 0)} ms by ended_at (${f(observedMs, 0)} ms observed, ${f((r1.done / observedMs) * 1000, 1)}/s); per operation created → SUCCEEDED p50 ${f(l1.p50)} ms, p99 ${f(l1.p99)} ms (includes the time queued before the worker started)`,
-    );
-    const per = (k: 'node' | 'postgres' | 'redis') => f((cpu1[k] - cpu0[k]) / Math.max(1, r1.done), 2);
-    out.push(
-      `     CPU per operation: ${per('node')} ms this process (API idle, worker, recording driver, the poller), ${per('postgres')} ms Postgres, ${per('redis')} ms Redis; the drain kept ${f((cpu1.node + cpu1.postgres + cpu1.redis - cpu0.node - cpu0.postgres - cpu0.redis) / observedMs, 2)} of ${cpus().length} CPUs busy`,
-    );
-    out.push(
-      `     the first operation started ${f(firstStartedAt - wall1, 0)} ms after the worker was started; from then on ${f((r1.done / Math.max(1, r1.lastEndedAt - firstStartedAt)) * 1000, 1)} operations/s`,
-    );
-    out.push(
-      `     end-and-claim statements: ${batching.statements} for ${batching.items} VM loop steps (${f(batching.items / Math.max(1, batching.statements), 2)} VMs per statement; options ${JSON.stringify(END_CLAIM)})`,
-    );
-    out.push(`     throughput: ${f(rate1, 1)} operations/s (by ended_at)   target ≥ 1000/s: ${rate1 >= 1000 ? 'MET' : 'NOT MET'}`);
-    out.push(...drainStatements);
+    out.push(`  ${QUEUE_OPS} PLUG operations (STATIC 128 MiB) over ${QUEUE_VMS} VMs a run (each run its own VMs, with one group each before it), worker concurrency ${CONCURRENCY}, ${cpus().length} CPUs`);
+    out.push(...cold, ...running);
     out.push(`  2. with the API in the loop: ${QUEUE_OPS} plugs created by 32 parallel REST clients while the worker runs`);
     out.push(`     succeeded ${r2.done}, failed/cancelled ${r2.failed}; all created after ${f(createdBy, 0)} ms, last SUCCEEDED after ${f(totalMs, 0)} ms by ended_at (${f(r2.at - t2, 0)} ms observed)`);
     out.push(`     per operation created → SUCCEEDED p50 ${f(l2.p50)} ms, p99 ${f(l2.p99)} ms, mean ${f(l2.mean)} ms`);
