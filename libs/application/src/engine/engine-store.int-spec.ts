@@ -252,6 +252,20 @@ describe('engine store: claiming and ending operations', () => {
     assert.deepEqual(Object.keys(await rows()), ['dimm-a']);
     assert.deepEqual([...fourth.writtenDevices!.keys()], ['dimm-a']);
 
+    // Changes only, each kind on its own: a device added; nothing changed (nothing is
+    // written); a device gone and nothing else changed (only it goes).
+    const onlyA = await rows();
+    const added = await end([dimm('dimm-a', 4 * GiB), dimm('dimm-e', 6 * GiB)], fourth.writtenDevices);
+    const withE = await rows();
+    assert.deepEqual(Object.keys(withE).sort(), ['dimm-a', 'dimm-e']);
+    assert.equal(withE['dimm-a']!.xmin, onlyA['dimm-a']!.xmin);
+    const unchanged = await end([dimm('dimm-a', 4 * GiB), dimm('dimm-e', 6 * GiB)], added.writtenDevices);
+    assert.deepEqual(await rows(), withE, 'a write with no change touches no row');
+    assert.deepEqual([...unchanged.writtenDevices!.keys()], ['dimm-a', 'dimm-e']);
+    const dropped = await end([dimm('dimm-a', 4 * GiB)], unchanged.writtenDevices);
+    assert.deepEqual(await rows(), onlyA, 'only the device that went is gone; the other is not rewritten');
+    assert.deepEqual([...dropped.writtenDevices!.keys()], ['dimm-a']);
+
     // An end without devices writes none and says so (the caller forgets what it knew).
     const fifth = await end(undefined as unknown as unknown[]);
     assert.equal(fifth.writtenDevices, undefined);
