@@ -84,10 +84,7 @@ const VM_COLUMNS = `${VM_SPEC_COLUMNS}, v.runtime_dir`;
 //   the operation's own group always is.
 // One row per item, in the order of `n`.
 const END_AND_CLAIM = `with
-  input as (
-    select * from jsonb_to_recordset($1::jsonb) as i(n int, vm_id uuid, known_key text, op_id uuid, op_state text, error jsonb, steps jsonb,
-      progress_percent int, group_id uuid, group_state text, plugged_bytes bigint, online_blocks int, online_zones jsonb,
-      devices_full boolean, devices_put jsonb, devices_drop jsonb, claim_next boolean)),
+  input as (select * from memplane_engine_items($1::jsonb)),
   end_group as (
     update memory_groups g set state = i.group_state::"GroupObservedState", plugged_bytes = i.plugged_bytes, online_blocks = i.online_blocks,
       online_zones = i.online_zones, updated_at = now()
