@@ -7,6 +7,9 @@ import { PgSql, sqlState, statementName, type Sql } from './sql';
 
 export type Tx = Prisma.TransactionClient;
 
+/** The session settings of `Database.dedicatedSql`'s connections (see there). */
+export const DEDICATED_SQL_OPTIONS = '-c plan_cache_mode=force_generic_plan -c random_page_cost=1.1 -c enable_seqscan=off';
+
 export interface DatabaseOptions {
   url: string;
   /** Connections in this process's pool (shared by Prisma and raw SQL). */
@@ -51,13 +54,16 @@ export class Database {
    * engine's end-and-claim): Postgres plans a prepared statement on each connection that runs
    * it, so a statement that costs milliseconds to plan is planned `size` times, not once per
    * connection of the shared pool, and it never waits behind other work for a connection.
-   * The generic plan is forced (`auto` went on re-planning on some connections), and costed
-   * with random_page_cost 1.1: the rows these statements touch are in shared buffers, and at
-   * the default 4 an index probe per item looked dearer than a sequential scan of a table
-   * of a few thousand rows, a plan that grows with the fleet. Hints go out like `sql`'s.
+   * The generic plan is forced (`auto` went on re-planning on some connections). It is made
+   * once per connection, from whatever the tables held then, so it must not depend on that:
+   * a statement that looks a few items up by key is costed with random_page_cost 1.1 (its
+   * rows are in shared buffers) and without sequential scans, which a plan made while a table
+   * was small would otherwise keep as the table grows (at the default 4, an index probe per
+   * item looked dearer than scanning 2,000 memory groups). Only statements of that kind go
+   * here (engine-store.int-spec checks the plan). Hints go out like `sql`'s.
    */
   dedicatedSql(size: number): Sql {
-    const pool = new Pool({ connectionString: this.url, max: size, connectionTimeoutMillis: 10_000, options: '-c plan_cache_mode=force_generic_plan -c random_page_cost=1.1' });
+    const pool = new Pool({ connectionString: this.url, max: size, connectionTimeoutMillis: 10_000, options: DEDICATED_SQL_OPTIONS });
     pool.on('error', () => undefined);
     this.lanes.push(pool);
     return new PgSql(pool, (channel, payload) => this.hints.send(channel, payload));

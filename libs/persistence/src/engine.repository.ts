@@ -83,7 +83,7 @@ const VM_COLUMNS = `${VM_SPEC_COLUMNS}, v.runtime_dir`;
 //   digest of the groups' desired state differs from the one the caller has (known_key);
 //   the operation's own group always is.
 // One row per item, in the order of `n`.
-const END_AND_CLAIM = `with
+export const END_AND_CLAIM = `with
   input as (select * from memplane_engine_items($1::jsonb)),
   end_group as (
     update memory_groups g set state = i.group_state::"GroupObservedState", plugged_bytes = i.plugged_bytes, online_blocks = i.online_blocks,
@@ -97,7 +97,9 @@ const END_AND_CLAIM = `with
     update operations o set state = i.op_state::"OperationState", error = i.error, ended_at = now(), updated_at = now(),
       steps = coalesce(i.steps, o.steps),
       progress_percent = case when i.op_state = 'SUCCEEDED' then 100 else coalesce(i.progress_percent, o.progress_percent) end
-    from input i where o.id = i.op_id and o.state in ('PENDING', 'RUNNING')
+    -- state compared as text: the row is found by its key, never through an index of states
+    -- (planned once per connection, the plan must not depend on how many are active then)
+    from input i where o.id = i.op_id and o.state::text in ('PENDING', 'RUNNING')
     returning o.id),
   head as (
     select i.n, h.id, h.state from input i cross join lateral (

@@ -1,7 +1,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Client } from 'pg';
-import { Database, EngineRepository } from '#persistence';
+import { Database, DEDICATED_SQL_OPTIONS, END_AND_CLAIM, EngineRepository } from '#persistence';
 import { freshDatabase } from '#testing/services';
 import { SYSTEM_PRINCIPAL, type CallContext } from '../context';
 import { HostService } from '../host.service';
@@ -299,5 +299,44 @@ describe('engine store: claiming and ending operations', () => {
       { vm: 'vm-h', attempts: 1 },
       { vm: 'vm-k', attempts: 1 },
     ], 'the failed statement claimed nothing: one attempt each');
+  });
+
+  it('plans end-and-claim as lookups by key, for a few rows as for a fleet: no scan of memory groups, VMs or operations, the next operation from operations_active_by_vm', async () => {
+    // The plan the worker's end-and-claim connections make: generic, under their settings,
+    // once per connection, whatever the tables held then; so it must be the same plan
+    // shape for the few rows the tests above left as for a fleet.
+    const explain = async () => {
+      await db.sql.query('analyze memory_groups, operations, vms, vm_memory_devices');
+      const lane = new Client({ connectionString: url, options: DEDICATED_SQL_OPTIONS });
+      await lane.connect();
+      try {
+        return (await lane.query<{ 'QUERY PLAN': string }>(`explain (generic_plan) ${END_AND_CLAIM}`)).rows.map((r) => r['QUERY PLAN']).join('\n');
+      } finally {
+        await lane.end();
+      }
+    };
+    const assertLookups = (plan: string, when: string) => {
+      for (const table of ['memory_groups', 'vms', 'operations']) {
+        assert.doesNotMatch(plan, new RegExp(`Seq Scan on ${table}\\b`), `${when}: ${table} is looked up by key, not scanned:\n${plan}`);
+      }
+      assert.doesNotMatch(plan, /operations_state_idx|operations_vm_id_state_idx/, `${when}: no operation is found through an index of states:\n${plan}`);
+      assert.match(plan, /Index Scan using operations_active_by_vm on operations/, when);
+      assert.match(plan, /Index Scan using memory_groups_pkey on memory_groups/, when);
+      assert.match(plan, /Index Scan using operations_pkey on operations/, when);
+    };
+    assertLookups(await explain(), 'a few rows');
+
+    // A fleet's worth of rows: 1,000 more VMs with 3 groups each, 3,000 finished and 3,000
+    // pending operations, cloned from rows the tests above made.
+    await db.sql.query(`insert into vms select (jsonb_populate_record(null::vms, to_jsonb(v) || jsonb_build_object('id', gen_random_uuid(), 'name', 'clone-' || i))).*
+      from (select * from vms limit 1) v, generate_series(1, 1000) i`);
+    const clones = `(select array_agg(id) as a from vms where name like 'clone-%') c`;
+    await db.sql.query(`insert into memory_groups select (jsonb_populate_record(null::memory_groups, to_jsonb(g) || jsonb_build_object('id', gen_random_uuid(),
+        'vm_id', c.a[1 + i % 1000], 'name', 'g-' || i))).*
+      from (select * from memory_groups limit 1) g, ${clones}, generate_series(1, 3000) i`);
+    await db.sql.query(`insert into operations select (jsonb_populate_record(null::operations, to_jsonb(o) || jsonb_build_object('id', gen_random_uuid(), 'seq', nextval('operations_seq_seq'),
+        'vm_id', c.a[1 + i % 1000], 'state', case when i % 2 = 0 then 'SUCCEEDED' else 'PENDING' end, 'group_id', null, 'request_id', null))).*
+      from (select * from operations limit 1) o, ${clones}, generate_series(1, 6000) i`);
+    assertLookups(await explain(), 'a fleet');
   });
 });
