@@ -143,7 +143,9 @@ function cpuMs(dir: string): { node: number; postgres: number; redis: number } {
       const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
       const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      const ms = (Number(fields[11]) + Number(fields[12])) * tick;
+      // utime + stime, and cutime + cstime: the postmaster reaps its backends, so a backend
+      // that exits within the window (a pooled connection closed when idle) keeps counting.
+      const ms = (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) * tick;
       if (name.startsWith('postgres')) out.postgres += ms;
       else if (name.startsWith('redis')) out.redis += ms;
     } catch {
