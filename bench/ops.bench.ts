@@ -541,12 +541,27 @@ async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: str
     };
     let label = '';
     const timeCp = async (req: () => Promise<any>) => {
+      const wall = Date.now();
       const t = performance.now();
       const body = await req();
+      const answered = performance.now() - t;
       const name = body.operation ?? body.name;
       await (OBSERVE === 'events' ? followOperation(name, 120_000) : waitOperation(name, 120_000));
       const t1 = performance.now();
       note(`control plane ${label}`, t, t1);
+      if (TRACE) {
+        // Where the control plane's own time goes: the operation's timestamps (Postgres' clock, this machine's) from the request.
+        const db = new Client({ connectionString: databaseUrl });
+        await db.connect();
+        const r = (
+          await db.query<{ c: number; s: number; e: number }>(
+            `select extract(epoch from created_at) * 1000 - $2 as c, extract(epoch from started_at) * 1000 - $2 as s, extract(epoch from ended_at) * 1000 - $2 as e from operations where id = $1::uuid`,
+            [String(name).split('/').pop(), wall],
+          )
+        ).rows[0];
+        await db.end();
+        if (r) traces.push(`      answered +${answered.toFixed(1)}, operation created +${Number(r.c).toFixed(1)}, claimed +${Number(r.s).toFixed(1)}, ended +${Number(r.e).toFixed(1)}, seen ended +${(t1 - t).toFixed(1)}`);
+      }
       return t1 - t;
     };
     const timeBare = async (fn: () => Promise<void>) => {
