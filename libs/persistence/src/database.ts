@@ -36,9 +36,7 @@ export class Database {
 
   constructor(opts: DatabaseOptions) {
     this.url = opts.url;
-    this.pool = new Pool({ connectionString: opts.url, max: opts.poolSize ?? 20, connectionTimeoutMillis: 10_000 });
-    // An idle connection that drops (a Postgres restart) must not crash the process; the next query reports it.
-    this.pool.on('error', () => undefined);
+    this.pool = this.newPool(opts.poolSize ?? 20);
     // Named statements: each connection plans a query text once (see sql.ts). Bare
     // utility statements (BEGIN, COMMIT) stay unnamed.
     const adapter = new PrismaPg(this.pool, {
@@ -63,10 +61,16 @@ export class Database {
    * here (engine-store.int-spec checks the plan). Hints go out like `sql`'s.
    */
   dedicatedSql(size: number): Sql {
-    const pool = new Pool({ connectionString: this.url, max: size, connectionTimeoutMillis: 10_000, options: DEDICATED_SQL_OPTIONS });
-    pool.on('error', () => undefined);
+    const pool = this.newPool(size, DEDICATED_SQL_OPTIONS);
     this.lanes.push(pool);
     return new PgSql(pool, (channel, payload) => this.hints.send(channel, payload));
+  }
+
+  private newPool(max: number, options?: string): Pool {
+    const pool = new Pool({ connectionString: this.url, max, connectionTimeoutMillis: 10_000, ...(options ? { options } : {}) });
+    // An idle connection that drops (a Postgres restart) must not crash the process; the next query reports it.
+    pool.on('error', () => undefined);
+    return pool;
   }
 
   async transaction<T>(fn: (tx: Tx) => Promise<T>, opts: { isolation?: 'ReadCommitted' | 'Serializable'; attempts?: number } = {}): Promise<T> {
