@@ -64,6 +64,12 @@ describe('operations of one VM, two workers', () => {
     }
   });
 
+  /** Records a plug of a 128 MiB static group on vm-s`v` (the API answers 201). */
+  const plug = (v: number, name: string) =>
+    http(api, 'POST', `/v1/vms/vm-s${v}/memory-groups`, { body: { name, pool: 'cxl-s', kind: 'STATIC', sizeBytes: 128 * MiB, onlineType: 'ONLINE_MOVABLE' } }).then((r) =>
+      assert.equal(r.status, 201, JSON.stringify(r.body)),
+    );
+
   after(async () => {
     for (const w of workers) await w.stop();
     await api?.stop();
@@ -76,11 +82,7 @@ describe('operations of one VM, two workers', () => {
     const requests: Promise<unknown>[] = [];
     for (let i = 0; i < PLUGS_PER_VM; i++) {
       for (let v = 0; v < VMS; v++) {
-        requests.push(
-          http(api, 'POST', `/v1/vms/vm-s${v}/memory-groups`, { body: { name: `g${i}`, pool: 'cxl-s', kind: 'STATIC', sizeBytes: 128 * MiB, onlineType: 'ONLINE_MOVABLE' } }).then((r) =>
-            assert.equal(r.status, 201, JSON.stringify(r.body)),
-          ),
-        );
+        requests.push(plug(v, `g${i}`));
       }
     }
     await Promise.all(requests);
@@ -132,11 +134,7 @@ describe('operations of one VM, two workers', () => {
     for (let i = 0; i < 6; i++) {
       for (let v = 0; v < VMS; v++) {
         requests.push(http(api, 'DELETE', `/v1/vms/vm-s${v}/memory-groups/g${2 * i}`).then((r) => assert.equal(r.status, 202, JSON.stringify(r.body))));
-        requests.push(
-          http(api, 'POST', `/v1/vms/vm-s${v}/memory-groups`, { body: { name: `h${i}`, pool: 'cxl-s', kind: 'STATIC', sizeBytes: 128 * MiB, onlineType: 'ONLINE_MOVABLE' } }).then((r) =>
-            assert.equal(r.status, 201, JSON.stringify(r.body)),
-          ),
-        );
+        requests.push(plug(v, `h${i}`));
       }
     }
     await Promise.all(requests);
