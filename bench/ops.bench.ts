@@ -350,8 +350,8 @@ async function queueBench(databaseUrl: string, redisUrl: string, runtimeDir: str
       const r1 = await allEnded(floor);
       const mono2 = process.hrtime.bigint();
       const cpu1 = cpuMs(benchDir);
-      const stats = worker?.store.endAndClaims.stats ?? { statements: 0, items: 0 };
-      const batching = { statements: stats.statements - batching0.statements, items: stats.items - batching0.items };
+      const batching1 = worker?.store.endAndClaims.stats ?? { statements: 0, items: 0 };
+      const batching = { statements: batching1.statements - batching0.statements, items: batching1.items - batching0.items };
       const drainStatements = statements ? await statements(r1.done) : [];
       await stopProfile?.();
       // The drain ends when the last operation ended (Postgres' ended_at, same clock as this
