@@ -301,7 +301,46 @@ describe('engine store: claiming and ending operations', () => {
     ], 'the failed statement claimed nothing: one attempt each');
   });
 
-  it('plans end-and-claim as lookups by key, for a few rows as for a fleet: no scan of memory groups, VMs or operations, the next operation from operations_active_by_vm', async () => {
+  /**
+   * The plans memplane_lock_vm really runs (auto_explain, nested statements). The API locks
+   * a VM and reads it with its groups through it in every change to the VM's groups, and the
+   * engine in its own transactions. Under plan_cache_mode=auto its reads were planned again
+   * at every call (1.1 ms of planning, bench:ops --pg-statements); the function now plans
+   * them generically, once per session, so they must not depend on what the tables held then.
+   */
+  const lockVmPlans = async (): Promise<string[]> => {
+    await db.sql.query('analyze memory_groups, operations, vms, vm_memory_devices, vm_guest_nodes, pools, hosts');
+    const c = new Client({ connectionString: url });
+    await c.connect();
+    const notices: string[] = [];
+    c.on('notice', (n) => notices.push(n.message ?? ''));
+    try {
+      await c.query(`load 'auto_explain'`);
+      await c.query(`set auto_explain.log_min_duration = 0; set auto_explain.log_nested_statements = on; set auto_explain.log_level = notice`);
+      const vm = (await c.query<{ name: string }>(`select v.name from vms v join memory_groups g on g.vm_id = v.id join operations o on o.group_id = g.id limit 1`)).rows[0]!.name;
+      // Seven calls: under plan_cache_mode=auto the sixth is the first that may go generic.
+      for (let i = 0; i < 7; i++) {
+        await c.query('begin');
+        await c.query('select memplane_lock_vm($1)', [vm]);
+        await c.query('rollback');
+      }
+      return notices.filter((n) => /json_build_object|FROM vms WHERE name/.test(n));
+    } finally {
+      await c.end();
+    }
+  };
+  const assertLockVmLookups = (plans: string[], when: string) => {
+    assert.equal(plans.length, 14, `${when}: both statements' plans, at each of the 7 calls`);
+    for (const plan of plans) {
+      // A generic plan compares with a parameter; a custom one with that call's value.
+      assert.match(plan, /Index Cond: \(\w+ = \$\d+\)/, `${when}: a generic plan:\n${plan}`);
+      assert.doesNotMatch(plan, /Seq Scan|Hash Join|Merge Join|Bitmap/, `${when}: nothing scanned, every row looked up by key:\n${plan}`);
+      assert.doesNotMatch(plan, /operations_state_idx|operations_vm_id_state_idx/, `${when}: no operation is found through an index of states:\n${plan}`);
+    }
+    assert.ok(plans.some((p) => /Index Scan using operations_one_active_per_group on operations/.test(p)), `${when}: a group's active operation by its partial index`);
+  };
+
+  it('plans end-and-claim and memplane_lock_vm as lookups by key, for a few rows as for a fleet: no scan of memory groups, VMs or operations, the next operation from operations_active_by_vm', async () => {
     // The plan the worker's end-and-claim connections make: generic, under their settings,
     // once per connection, whatever the tables held then; so it must be the same plan
     // shape for the few rows the tests above left as for a fleet.
@@ -325,6 +364,7 @@ describe('engine store: claiming and ending operations', () => {
       assert.match(plan, /Index Scan using operations_pkey on operations/, when);
     };
     assertLookups(await explain(), 'a few rows');
+    assertLockVmLookups(await lockVmPlans(), 'a few rows');
 
     // A fleet's worth of rows: 1,000 more VMs with 3 groups each, 3,000 finished and 3,000
     // pending operations, cloned from rows the tests above made.
@@ -338,5 +378,6 @@ describe('engine store: claiming and ending operations', () => {
         'vm_id', c.a[1 + i % 1000], 'state', case when i % 2 = 0 then 'SUCCEEDED' else 'PENDING' end, 'group_id', null, 'request_id', null))).*
       from (select * from operations limit 1) o, ${clones}, generate_series(1, 6000) i`);
     assertLookups(await explain(), 'a fleet');
+    assertLockVmLookups(await lockVmPlans(), 'a fleet');
   });
 });
