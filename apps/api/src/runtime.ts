@@ -2,6 +2,7 @@ import { Redis } from 'ioredis';
 import { ApiKeyService, HostService, LedgerService, MemoryGroupService, Mutations, OperationService, PoolService, TopologyService, VmService, WatchService } from '#application';
 import { Database, OPERATION_CHANNEL, PgNotifications } from '#persistence';
 import type { AppConfig } from '#platform';
+import { OperationRelay } from './operation-relay';
 
 /**
  * Everything a transport needs, built once per process. Transports are thin:
@@ -26,6 +27,8 @@ export class Runtime {
     readonly redis: Redis,
     /** Postgres LISTEN (operation state changes for watchers); without it watchers only poll. */
     readonly notifications?: PgNotifications,
+    /** Queues each operation this process records once it commits (the dispatchers' fast path). */
+    readonly relay?: OperationRelay,
   ) {
     this.mutations = new Mutations(db);
     this.hosts = new HostService(this.mutations);
@@ -45,7 +48,8 @@ export class Runtime {
     const db = new Database({ url: urls.databaseUrl });
     const redis = new Redis(urls.redisUrl, { lazyConnect: false, maxRetriesPerRequest: 1, enableOfflineQueue: false });
     redis.on('error', () => undefined); // readiness reports it; do not crash on a Redis blip
-    return new Runtime(config, db, redis, new PgNotifications(urls.databaseUrl));
+    const relay = new OperationRelay(db.hints, urls.redisUrl, config.worker.queuePrefix);
+    return new Runtime(config, db, redis, new PgNotifications(urls.databaseUrl), relay);
   }
 
   async readiness(): Promise<{ postgres: string; redis: string; ready: boolean }> {
@@ -56,6 +60,7 @@ export class Runtime {
   }
 
   async close(): Promise<void> {
+    await this.relay?.close();
     await this.notifications?.close();
     this.redis.disconnect();
     await this.db.close();

@@ -9,7 +9,7 @@ import { DEFAULT_WORKER_CONCURRENCY, projectRoot, type AppConfig } from '#platfo
 import { startIntake } from './intake';
 import { OutboxDispatcher } from './outbox-dispatcher';
 import { VmLocks } from './vm-locks';
-import { EXECUTE_OPERATION, OPERATIONS_QUEUE, operationJobId, redisConnection, type ExecuteOperationJob } from '#queue';
+import { EXECUTE_OPERATION, OPERATION_JOB_OPTIONS, OPERATIONS_QUEUE, operationJob, operationJobId, redisConnection, type ExecuteOperationJob } from '#queue';
 
 export interface WorkerOptions {
   databaseUrl: string;
@@ -108,8 +108,6 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   const prefix = opts.prefix ?? 'bull';
   const queue = new Queue<ExecuteOperationJob>(OPERATIONS_QUEUE, { connection, prefix });
 
-  const enqueueOptions = { attempts: 6, backoff: { type: 'exponential' as const, delay: 500 }, removeOnComplete: 1000, removeOnFail: 1000 };
-
   /**
    * Operations on one VM run in order, one at a time, across worker processes: a job says
    * "this VM has work". Whoever gets the VM's lock runs its operations oldest first until
@@ -146,7 +144,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
    */
   const requeueHead = async (vmId: string, after: string | undefined) => {
     const next = await store.headOperation(vmId).catch(() => undefined);
-    if (next) await queue.add(EXECUTE_OPERATION, { operationId: next, vmId }, { ...enqueueOptions, jobId: `${operationJobId(next)}-after-${after}` }).catch(() => undefined);
+    if (next) await queue.add(EXECUTE_OPERATION, { operationId: next, vmId }, { ...OPERATION_JOB_OPTIONS, jobId: `${operationJobId(next)}-after-${after}` }).catch(() => undefined);
   };
 
   const worker =
@@ -164,7 +162,10 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   worker?.on('error', (e) => log(`worker: ${e.message}`));
   const intake = opts.intake === false ? undefined : startIntake(db, connection, prefix, log);
 
-  const enqueue = (operationId: string, vmId: string) => queue.add(EXECUTE_OPERATION, { operationId, vmId }, { ...enqueueOptions, jobId: operationJobId(operationId) });
+  const enqueue = (operationId: string, vmId: string) => {
+    const job = operationJob(operationId, vmId);
+    return queue.add(job.name, job.data, job.opts);
+  };
 
   // Outbox → queue. Deterministic job ids make a re-send harmless.
   const notifications = new PgNotifications(opts.databaseUrl);
@@ -174,7 +175,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     intervalMs: opts.dispatchIntervalMs ?? 1_000,
     log,
     wake: async (vms) => {
-      await queue.addBulk(vms.map(({ vmId, operationId }) => ({ name: EXECUTE_OPERATION, data: { operationId, vmId }, opts: { ...enqueueOptions, jobId: operationJobId(operationId) } })));
+      await queue.addBulk(vms.map(({ vmId, operationId }) => operationJob(operationId, vmId)));
     },
   });
   // Re-drive anything stuck: a job lost with Redis, or one that ended in BullMQ without ending in Postgres.

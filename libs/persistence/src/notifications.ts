@@ -127,16 +127,35 @@ export class PgNotifications {
  * rest of those 10 ms with the others that come meanwhile, so a busy worker sends one
  * statement per 10 ms, not one per operation. A hint that fails is dropped: listeners
  * re-read on a timer anyway.
+ *
+ * In-process observers (`observe`) hear each hint as it is handed over, right after its
+ * transaction committed and before it goes out as NOTIFY.
  */
 export class PgHints {
   private static readonly GAP_MS = 10;
   private queued = new Map<string, Set<string>>();
+  private readonly observers = new Map<string, Set<(payload: string) => void>>();
   private running: Promise<void> | undefined;
   private lastSent = 0;
 
   constructor(private readonly pool: Pick<Pool, 'query'>) {}
 
+  /** Calls `observer` with the payload of each hint on `channel` handed over from now on; returns the function that stops it. */
+  observe(channel: string, observer: (payload: string) => void): () => void {
+    let set = this.observers.get(channel);
+    if (!set) this.observers.set(channel, (set = new Set()));
+    set.add(observer);
+    return () => set.delete(observer);
+  }
+
   send(channel: string, payload: string): void {
+    for (const observer of this.observers.get(channel) ?? []) {
+      try {
+        observer(payload);
+      } catch {
+        // An observer's failure is its own; the hint still goes out.
+      }
+    }
     let payloads = this.queued.get(channel);
     if (!payloads) this.queued.set(channel, (payloads = new Set()));
     payloads.add(payload);

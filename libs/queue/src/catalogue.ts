@@ -19,6 +19,14 @@ export function operationJobId(operationId: string): string {
   return `op-${operationId}`;
 }
 
+/** How an operation's job is retried and kept, wherever it is enqueued from. */
+export const OPERATION_JOB_OPTIONS = { attempts: 6, backoff: { type: 'exponential' as const, delay: 500 }, removeOnComplete: 1000, removeOnFail: 1000 };
+
+/** An operation's job, as the outbox dispatcher and the API's fast path both add it (same id, so the second add is a no-op). */
+export function operationJob(operationId: string, vmId: string): { name: typeof EXECUTE_OPERATION; data: ExecuteOperationJob; opts: typeof OPERATION_JOB_OPTIONS & { jobId: string } } {
+  return { name: EXECUTE_OPERATION, data: { operationId, vmId }, opts: { ...OPERATION_JOB_OPTIONS, jobId: operationJobId(operationId) } };
+}
+
 export function redisConnection(url: string): { host: string; port: number; password?: string; username?: string; db?: number; maxRetriesPerRequest: null } {
   const u = new URL(url);
   return {
