@@ -7,7 +7,10 @@
  * then an invariant check over every pool.
  *
  *   npm run bench:ledger                       (after a build)
- *   node dist/bench/ledger.bench.js [--seconds 10] [--hot-clients 8] [--spread-clients 12] [--in-process]
+ *   node dist/bench/ledger.bench.js [--seconds 10] [--hot-clients 8] [--spread-clients 12] [--in-process] [--pg-statements]
+ *
+ * With --pg-statements, Postgres records every statement (pg_stat_statements, nested ones
+ * and planning included) and what ran during the 100-pool API run is printed per allocation.
  *
  * It starts its own embedded Postgres and redis-server under .cache/bench-ledger-<pid>
  * and the API as a child process (`node dist/apps/api/src/main.js`, i.e. startMemplane),
@@ -40,6 +43,7 @@ import { checkLedgerInvariants, GiB, ledgerRelease, ledgerReserve, MiB, TiB, typ
 import { generateApiKey } from '#application';
 import { applyMigrations, freePort, loadConfig, projectRoot, startEmbeddedPostgres, startEmbeddedRedis } from '#platform';
 import { startMemplane } from '../apps/api/src/server';
+import { PG_STATEMENTS_SETTINGS, statementsSince } from './pg-statements';
 import {
   CreateMemoryGroupRequest,
   DeleteMemoryGroupRequest,
@@ -56,6 +60,7 @@ const opt = (name: string, dflt: number) => {
 const SECONDS = opt('seconds', 10);
 const HOT_CLIENTS = opt('hot-clients', 8);
 const SPREAD_CLIENTS = opt('spread-clients', 12);
+const PG_STATEMENTS = args.includes('--pg-statements');
 const IN_PROCESS = args.includes('--in-process');
 const LIVE_PER_CLIENT = 4;
 const SPREAD_POOLS = 100;
@@ -185,7 +190,7 @@ async function main(): Promise<void> {
   try {
     console.log(`# ledger benchmark: ${cpus().length} CPUs, load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}; ${SECONDS} s per run`);
     pgDataDir = join(dir, 'postgres');
-    const pg = await startEmbeddedPostgres({ dir: pgDataDir, port: await freePort(), database: 'memplane' });
+    const pg = await startEmbeddedPostgres({ dir: pgDataDir, port: await freePort(), database: 'memplane', ...(PG_STATEMENTS ? { settings: PG_STATEMENTS_SETTINGS } : {}) });
     stops.push(pg.stop);
     const redis = await startEmbeddedRedis({ dir: join(dir, 'redis'), port: await freePort() });
     stops.push(redis.stop);
@@ -379,7 +384,9 @@ async function main(): Promise<void> {
     const hotPg = await pgRun(HOT_CLIENTS, () => 'hot-pg');
     results.push({ scenario: 'one hot pool', clients: HOT_CLIENTS, api: hotApi, pg: hotPg });
     console.log(`# ${SPREAD_POOLS} pools: ${SPREAD_CLIENTS} clients`);
+    const statements = PG_STATEMENTS ? await statementsSince(pg.url, 'the 100-pool API run') : undefined;
     const spreadApi = await apiRun('spread', SPREAD_CLIENTS, spreadPool(''));
+    if (statements) console.log((await statements(spreadApi.allocations)).join('\n').replace('per operation', 'per allocation'));
     const spreadPg = await pgRun(SPREAD_CLIENTS, spreadPool('-pg'));
     results.push({ scenario: `${SPREAD_POOLS} pools`, clients: SPREAD_CLIENTS, api: spreadApi, pg: spreadPg });
     client.close();

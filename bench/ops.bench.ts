@@ -39,6 +39,7 @@ import { startWorker, type RunningWorker } from '../apps/worker/src/worker';
 import { guestExecutorConfig } from '../apps/worker/test/guest-executor';
 import { RecordingDriver } from './recording-driver';
 import { callsBetween, timedDriver } from './timed-driver';
+import { PG_STATEMENTS_SETTINGS, statementsSince } from './pg-statements';
 import { cxlHostBody, cxlVmBody, recordingExecutorConfig } from '#testing/fixtures';
 
 const MiB = 1024 ** 2;
@@ -60,6 +61,8 @@ const END_CLAIM = {
 };
 const SKIP_GUEST = args.includes('--skip-guest');
 const SKIP_QUEUE = args.includes('--skip-queue');
+/** The API's and every worker's: the API queues the operations it records itself (OperationRelay), as in a deployment. */
+const QUEUE_PREFIX = `mp${process.pid}`;
 /**
  * How the REST client learns that an operation ended: `events` (default) follows the
  * operation's server-sent events (GET /v1/operations/{id}/events, woken by Postgres
@@ -69,7 +72,7 @@ const OBSERVE = args.includes('--observe') ? args[args.indexOf('--observe') + 1]
 if (OBSERVE !== 'events' && OBSERVE !== 'poll') throw new Error(`--observe events|poll, not ${OBSERVE}`);
 /** Print every driver call (offset from the request, duration) of each operation of the last iteration. */
 const TRACE = args.includes('--trace');
-/** With --pg-statements: Postgres' statements during the queue drain alone (pg_stat_statements, nested ones included), per operation. */
+/** With --pg-statements: Postgres' statements (pg_stat_statements, nested ones included) per operation, during the queue drain alone and during the real-guest iterations. */
 const PG_STATEMENTS = args.includes('--pg-statements');
 /** --pg-set name=value (repeatable): a Postgres server setting for the whole run, to measure what a setting changes. */
 const PG_SETTINGS = Object.fromEntries(
@@ -79,28 +82,6 @@ const PG_SETTINGS = Object.fromEntries(
     return [kv.slice(0, eq), kv.slice(eq + 1)];
   }),
 );
-
-/** Resets pg_stat_statements now; the returned function prints what ran since, per operation. */
-async function statementsSince(databaseUrl: string): Promise<(operations: number) => Promise<string[]>> {
-  const db = new Client({ connectionString: databaseUrl });
-  await db.connect();
-  await db.query('create extension if not exists pg_stat_statements');
-  await db.query('select pg_stat_statements_reset()');
-  return async (operations: number) => {
-    const r = await db.query<{ calls: string; ms: number; plans: string; planMs: number; toplevel: boolean; query: string }>(
-      `select calls::text, total_exec_time as ms, plans::text, total_plan_time as "planMs", toplevel, regexp_replace(query, '\\s+', ' ', 'g') as query
-       from pg_stat_statements where query not like '%pg_stat_statements%' order by total_exec_time desc limit 25`,
-    );
-    await db.end();
-    return [
-      `     Postgres statements during the drain (pg_stat_statements; nested = run inside a statement above; time includes lock waits), per operation:`,
-      `        calls/op    ms/op  plans/op plan ms/op  level   statement`,
-      ...r.rows.map(
-        (x) => `     ${(Number(x.calls) / operations).toFixed(2).padStart(10)} ${(x.ms / operations).toFixed(3).padStart(8)} ${(Number(x.plans) / operations).toFixed(2).padStart(9)} ${(x.planMs / operations).toFixed(3).padStart(10)}  ${x.toplevel ? 'top   ' : 'nested'}  ${x.query.slice(0, 140)}`,
-      ),
-    ];
-  };
-}
 
 /** With --profile-drain FILE: a V8 CPU profile of this process (worker, executor, recording driver) during the running worker's queue drain (1b) alone. */
 const PROFILE_DRAIN = args.includes('--profile-drain') ? args[args.indexOf('--profile-drain') + 1] : undefined;
@@ -240,7 +221,7 @@ async function queueBench(databaseUrl: string, redisUrl: string, runtimeDir: str
   const workerOptions = {
     databaseUrl,
     redisUrl,
-    prefix: `bq${process.pid}`,
+    prefix: QUEUE_PREFIX,
     intake: false,
     concurrency: CONCURRENCY,
     endAndClaim: END_CLAIM,
@@ -498,7 +479,7 @@ async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: str
     driver: timed.driver,
     databaseUrl,
     redisUrl,
-    prefix: `bg${process.pid}`,
+    prefix: QUEUE_PREFIX,
     intake: false,
     executor: guestExecutorConfig(runtimeDir),
   });
@@ -571,6 +552,7 @@ async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: str
       note(`bare ${label}`, t, t1);
       return t1 - t;
     };
+    const stmts = PG_STATEMENTS ? await statementsSince(databaseUrl, 'the control plane\'s operations') : undefined;
     for (let i = 0; i < ITERATIONS; i++) {
       if (TRACE) traces.length = 0;
       // Alternate who goes first, so neither side always meets a guest that just did work.
@@ -658,6 +640,7 @@ async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: str
       const per = (x: typeof a) => (x ? `${f(x.n / x.samples, 1)} calls, ${f(x.busyMs / x.samples)} ms` : '-');
       out.push(`  ${label.padEnd(14)}| control plane ${per(a).padEnd(24)}| bare ${per(b)}`);
     }
+    if (stmts) out.push(...(await stmts(ITERATIONS * 4)));
     if (TRACE) out.push('', '  trace of the last iteration (offset from the request or the first bare step):', ...traces);
   } finally {
     await http('POST', '/v1/vms/vm-bench:stop').catch(() => undefined);
@@ -687,7 +670,7 @@ async function main(): Promise<void> {
       database: 'memplane',
       settings: {
         ...PG_SETTINGS,
-        ...(PG_STATEMENTS ? { shared_preload_libraries: 'pg_stat_statements', 'pg_stat_statements.track': 'all', 'pg_stat_statements.track_planning': 'on' } : {}),
+        ...(PG_STATEMENTS ? PG_STATEMENTS_SETTINGS : {}),
       },
     });
     stops.push(pg.stop);
@@ -704,6 +687,7 @@ async function main(): Promise<void> {
         MEMPLANE_BOOTSTRAP_KEY: adminKey,
         MEMPLANE_LOG_LEVEL: 'error',
         MEMPLANE_DATA_DIR: join(dir, 'data'),
+        MEMPLANE_QUEUE_PREFIX: QUEUE_PREFIX,
       }),
     );
     stops.push(running.stop);
