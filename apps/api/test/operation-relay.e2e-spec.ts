@@ -6,7 +6,7 @@ import { freePort } from '#platform';
 import { OPERATIONS_QUEUE, operationJob, operationJobId, redisConnection, type ExecuteOperationJob } from '#queue';
 import { cxlHostBody, cxlVmBody } from '#testing/fixtures';
 import { testServices } from '#testing/services';
-import { GiB, http, startTestApi, type TestApi } from './harness';
+import { GiB, http, MiB, startTestApi, type TestApi } from './harness';
 
 /** Creates a host, a pool and a VM, starts the VM and returns its START operation's id and the VM's uid. */
 async function startVm(api: TestApi, suffix: string): Promise<{ operationId: string; vmId: string }> {
@@ -69,6 +69,28 @@ describe('the API queues the operations it records', () => {
     const again = operationJob(operationId, vmId);
     await queue.addBulk([again]);
     assert.equal(await queue.getWaitingCount(), 1);
+
+    // Two plugs recorded on the STARTING VM: its waiting job runs all three operations, so
+    // the API adds no more jobs for it (deduplicated by VM).
+    assert.equal((await http(api, 'POST', '/v1/pools', { body: { name: 'cxl-r1', host: 'hv-r1', hostNodeId: 1, capacityBytes: 4 * GiB } })).status, 201);
+    const plugs: string[] = [];
+    for (const name of ['a', 'b']) {
+      const g = await http(api, 'POST', '/v1/vms/vm-r1/memory-groups', { body: { name, pool: 'cxl-r1', kind: 'STATIC', sizeBytes: 256 * MiB, onlineType: 'ONLINE_MOVABLE' } });
+      assert.equal(g.status, 201, JSON.stringify(g.body));
+      plugs.push(String(g.body.operation).split('/').pop()!);
+    }
+    const relay = api.running.runtime.relay!;
+    const settled = Date.now() + 5_000;
+    while (relay.stats.added < 3 && Date.now() < settled) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(relay.stats.added, 3, 'the API asked for a job for each of the three operations');
+    const waiting = await queue.getWaiting();
+    assert.deepEqual(
+      waiting.map((j) => j.id),
+      [operationJobId(operationId)],
+      "one job waits for the VM: the first one's",
+    );
+    for (const p of plugs) assert.equal(await queue.getJob(operationJobId(p)), undefined);
+    assert.deepEqual(await outboxDispatchedAt(api.databaseUrl, plugs[1]!), [null], 'their outbox rows wait for the dispatchers');
   });
 });
 

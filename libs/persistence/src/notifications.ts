@@ -128,20 +128,20 @@ export class PgNotifications {
  * statement per 10 ms, not one per operation. A hint that fails is dropped: listeners
  * re-read on a timer anyway.
  *
- * In-process observers (`observe`) hear each hint as it is handed over, right after its
- * transaction committed and before it goes out as NOTIFY.
+ * In-process observers (`observe`) hear the hints of each statement as it goes out, with
+ * the same coalescing: the hints a listener will receive together.
  */
 export class PgHints {
   private static readonly GAP_MS = 10;
   private queued = new Map<string, Set<string>>();
-  private readonly observers = new Map<string, Set<(payload: string) => void>>();
+  private readonly observers = new Map<string, Set<(payloads: string[]) => void>>();
   private running: Promise<void> | undefined;
   private lastSent = 0;
 
   constructor(private readonly pool: Pick<Pool, 'query'>) {}
 
-  /** Calls `observer` with the payload of each hint on `channel` handed over from now on; returns the function that stops it. */
-  observe(channel: string, observer: (payload: string) => void): () => void {
+  /** Calls `observer` with the payloads on `channel` of each statement that goes out from now on; returns the function that stops it. */
+  observe(channel: string, observer: (payloads: string[]) => void): () => void {
     let set = this.observers.get(channel);
     if (!set) this.observers.set(channel, (set = new Set()));
     set.add(observer);
@@ -149,13 +149,6 @@ export class PgHints {
   }
 
   send(channel: string, payload: string): void {
-    for (const observer of this.observers.get(channel) ?? []) {
-      try {
-        observer(payload);
-      } catch {
-        // An observer's failure is its own; the hint still goes out.
-      }
-    }
     let payloads = this.queued.get(channel);
     if (!payloads) this.queued.set(channel, (payloads = new Set()));
     payloads.add(payload);
@@ -180,6 +173,15 @@ export class PgHints {
         for (const p of set) {
           channels.push(channel);
           payloads.push(p);
+        }
+      }
+      for (const [channel, set] of this.queued) {
+        for (const observer of this.observers.get(channel) ?? []) {
+          try {
+            observer([...set]);
+          } catch {
+            // An observer's failure is its own; the hints still go out.
+          }
         }
       }
       this.queued = new Map();
