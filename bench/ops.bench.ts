@@ -511,6 +511,8 @@ async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: str
     const cp: Samples = { plug: [], shrink: [], grow: [], unplug: [] };
     const bare: Samples = { plug: [], shrink: [], grow: [], unplug: [] };
     const callStats: Record<string, { n: number; busyMs: number; samples: number }> = {};
+    // Per operation: before its first QMP/QGA call began, and after its last one ended.
+    const outside: Record<string, { lead: number[]; tail: number[] }> = {};
     const traces: string[] = [];
     const note = (label: string, t0: number, t1: number) => {
       const c = callsBetween(timed.calls, t0, t1);
@@ -518,6 +520,9 @@ async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: str
       s.n += c.n;
       s.busyMs += c.busyMs;
       s.samples++;
+      const o = (outside[label] ??= { lead: [], tail: [] });
+      o.lead.push(c.leadMs);
+      o.tail.push(c.tailMs);
       if (TRACE) traces.push(`  ${label}: ${(t1 - t0).toFixed(1)} ms, ${c.n} driver calls busy ${c.busyMs.toFixed(1)} ms`, ...c.list.map((l) => `      ${l}`));
     };
     let label = '';
@@ -639,6 +644,17 @@ async function guestBench(databaseUrl: string, redisUrl: string, runtimeDir: str
       const b = callStats[`bare ${k}`];
       const per = (x: typeof a) => (x ? `${f(x.n / x.samples, 1)} calls, ${f(x.busyMs / x.samples)} ms` : '-');
       out.push(`  ${label.padEnd(14)}| control plane ${per(a).padEnd(24)}| bare ${per(b)}`);
+    }
+    out.push('');
+    out.push("  the control plane's time outside QEMU and the guest, per operation (ms, p50 / p99): from the request to its first QMP/QGA call,");
+    out.push('  and from the end of its last call to SUCCEEDED seen; what it adds between them is in the calls above (its own observations)');
+    for (const [label, k] of rows) {
+      const o = outside[`control plane ${k}`];
+      if (!o) continue;
+      const lead = stats(o.lead);
+      const tail = stats(o.tail);
+      const sum = stats(o.lead.map((x, i) => x + o.tail[i]!));
+      out.push(`  ${label.padEnd(14)}| before the first call ${f(lead.p50)} / ${f(lead.p99)} | after the last ${f(tail.p50)} / ${f(tail.p99)} | both ${f(sum.p50)} / ${f(sum.p99)}`);
     }
     if (stmts) out.push(...(await stmts(ITERATIONS * 4)));
     if (TRACE) out.push('', '  trace of the last iteration (offset from the request or the first bare step):', ...traces);

@@ -52,8 +52,11 @@ export function timedDriver(inner: HypervisorDriver): { driver: HypervisorDriver
   return { driver, calls };
 }
 
-/** Calls that started within [fromMs, toMs], as "method ms" lines and totals. */
-export function callsBetween(calls: readonly TimedCall[], fromMs: number, toMs: number): { n: number; busyMs: number; list: string[] } {
+/**
+ * Calls that started within [fromMs, toMs], as "method ms" lines and totals, with the time
+ * before the first of them began (`leadMs`) and after the last ended (`tailMs`).
+ */
+export function callsBetween(calls: readonly TimedCall[], fromMs: number, toMs: number): { n: number; busyMs: number; leadMs: number; tailMs: number; list: string[] } {
   const inside = calls.filter((c) => c.startMs >= fromMs && c.startMs <= toMs).sort((a, b) => a.startMs - b.startMs);
   let busyMs = 0;
   let until = fromMs;
@@ -62,5 +65,7 @@ export function callsBetween(calls: readonly TimedCall[], fromMs: number, toMs: 
     if (c.endMs > s) busyMs += c.endMs - s;
     until = Math.max(until, c.endMs);
   }
-  return { n: inside.length, busyMs, list: inside.map((c) => `+${(c.startMs - fromMs).toFixed(1)} ${c.method} ${(c.endMs - c.startMs).toFixed(1)}ms`) };
+  const leadMs = inside.length ? inside[0]!.startMs - fromMs : toMs - fromMs;
+  const tailMs = inside.length ? toMs - Math.max(...inside.map((c) => c.endMs)) : 0;
+  return { n: inside.length, busyMs, leadMs, tailMs, list: inside.map((c) => `+${(c.startMs - fromMs).toFixed(1)} ${c.method} ${(c.endMs - c.startMs).toFixed(1)}ms`) };
 }
