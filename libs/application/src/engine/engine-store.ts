@@ -177,6 +177,11 @@ export class EngineStore {
    * (a running shrink keeps its extents until the guest has given the memory back).
    */
   async releaseShrunk(vm: VmRecord, group: MemoryGroupRecord, requestedBytes: number): Promise<void> {
+    // Nothing to give back (a grow, reserved by the API before it ran): no transaction. The
+    // group as this operation was claimed with is current here, since only its one active
+    // operation changes what it holds (operations_one_active_per_group); the check under the
+    // lock below stays for the shrink.
+    if (group.requestedBytes === requestedBytes && group.heldBytes <= holdingBytes(requestedBytes, group.poolFacts.granuleBytes)) return;
     await this.db.sqlTransaction(async (sql) => {
       const g = await this.lockedGroup(sql, vm, group);
       if (!g || g.requestedBytes !== requestedBytes || g.heldBytes <= holdingBytes(requestedBytes, g.poolFacts.granuleBytes)) return;
