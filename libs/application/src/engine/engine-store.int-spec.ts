@@ -332,8 +332,8 @@ describe('engine store: claiming and ending operations', () => {
   const assertLockVmLookups = (plans: string[], when: string) => {
     assert.equal(plans.length, 14, `${when}: both statements' plans, at each of the 7 calls`);
     for (const plan of plans) {
-      // A generic plan compares with a parameter; a custom one with that call's value.
-      assert.match(plan, /Index Cond: \(\w+ = \$\d+\)/, `${when}: a generic plan:\n${plan}`);
+      // A generic plan compares with a parameter, a custom one with that call's value; and by key.
+      assert.match(plan, /Index Cond: \(\w+ = \$\d+\)/, `${when}: a generic plan that looks rows up by key (an index condition on a parameter):\n${plan}`);
       assert.doesNotMatch(plan, /Seq Scan|Hash Join|Merge Join|Bitmap/, `${when}: nothing scanned, every row looked up by key:\n${plan}`);
       assert.doesNotMatch(plan, /operations_state_idx|operations_vm_id_state_idx/, `${when}: no operation is found through an index of states:\n${plan}`);
     }
