@@ -304,9 +304,10 @@ describe('engine store: claiming and ending operations', () => {
   /**
    * The plans memplane_lock_vm really runs (auto_explain, nested statements). The API locks
    * a VM and reads it with its groups through it in every change to the VM's groups, and the
-   * engine in its own transactions. Under plan_cache_mode=auto its reads were planned again
-   * at every call (1.1 ms of planning, bench:ops --pg-statements); the function now plans
-   * them generically, once per session, so they must not depend on what the tables held then.
+   * engine in its own transactions. Under plan_cache_mode=auto each connection planned its
+   * reads afresh for their first five calls (1.1 ms a plan, bench:ops --pg-statements); the
+   * function now plans them generically, once per session, so they must not depend on what
+   * the tables held then.
    */
   const lockVmPlans = async (): Promise<string[]> => {
     await db.sql.query('analyze memory_groups, operations, vms, vm_memory_devices, vm_guest_nodes, pools, hosts');
