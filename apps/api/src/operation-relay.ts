@@ -1,9 +1,15 @@
 import { Queue } from 'bullmq';
 import { OUTBOX_CHANNEL, parseOutboxHint, type PgHints } from '#persistence';
-import { OPERATIONS_QUEUE, operationJob, redisConnection, type ExecuteOperationJob } from '#queue';
+import { lastOperationPerVm, OPERATIONS_QUEUE, operationJob, redisConnection, type ExecuteOperationJob } from '#queue';
 
 /** Adds in flight at most; beyond that Redis is slow or away, and the outbox dispatchers queue what is recorded meanwhile. */
 const MAX_IN_FLIGHT = 32;
+
+/** An operation's job (operationJob), deduplicated by VM: one waiting, and the last add while one runs. */
+export function relayJob(operationId: string, vmId: string) {
+  const job = operationJob(operationId, vmId);
+  return { ...job, opts: { ...job.opts, deduplication: { id: `vm-${vmId}`, keepLastIfActive: true } } };
+}
 
 /**
  * The API's fast path from a recorded operation to the queue. Every operation is recorded
@@ -26,18 +32,12 @@ const MAX_IN_FLIGHT = 32;
  * (MEMPLANE_QUEUE_PREFIX); under another, its jobs reach no worker and the dispatchers do
  * all the work, as before.
  */
-/** An operation's job (operationJob), deduplicated by VM: one waiting, and the last add while one runs. */
-export function relayJob(operationId: string, vmId: string) {
-  const job = operationJob(operationId, vmId);
-  return { ...job, opts: { ...job.opts, deduplication: { id: `vm-${vmId}`, keepLastIfActive: true } } };
-}
-
 export class OperationRelay {
   private readonly queue: Queue<ExecuteOperationJob>;
   private readonly stopObserving: () => void;
   private inFlight = 0;
   private closed = false;
-  /** Jobs added, failed, and left to the dispatchers because too many adds were in flight. */
+  /** Jobs asked of Redis (those it deduplicated included), failed, and left to the dispatchers because too many adds were in flight. */
   readonly stats = { added: 0, skipped: 0, failed: 0 };
 
   constructor(
@@ -53,18 +53,13 @@ export class OperationRelay {
 
   private heard(payloads: string[]): void {
     if (this.closed) return;
-    // As OutboxDispatcher.send: the VM's last operation names its job.
-    const last = new Map<string, string>();
-    for (const p of payloads) {
-      const row = parseOutboxHint(p);
-      if (row) last.set(row.vmId, row.operationId);
-    }
-    if (!last.size) return;
+    // The jobs a dispatcher will add from the notifications of this statement.
+    const jobs = lastOperationPerVm(payloads.flatMap((p) => parseOutboxHint(p) ?? []));
+    if (!jobs.length) return;
     if (this.inFlight >= MAX_IN_FLIGHT) {
-      this.stats.skipped += last.size;
+      this.stats.skipped += jobs.length;
       return;
     }
-    const jobs = [...last].map(([vmId, operationId]) => ({ vmId, operationId }));
     this.inFlight++;
     this.queue
       .addBulk(jobs.map((j) => relayJob(j.operationId, j.vmId)))

@@ -1,5 +1,6 @@
 import type { EngineStore } from '#application';
 import { OUTBOX_CHANNEL, parseOutboxHint, type PgNotifications } from '#persistence';
+import { lastOperationPerVm } from '#queue';
 
 export interface OutboxDispatcherOptions {
   notifications: PgNotifications;
@@ -67,9 +68,8 @@ export class OutboxDispatcher {
 
   /** One job per VM (its last operation in `rows`), then the rows are marked dispatched. */
   private async send(rows: readonly { id: string; operationId: string; vmId: string | null }[]): Promise<void> {
-    const last = new Map<string, string>();
-    for (const r of rows) if (r.vmId) last.set(r.vmId, r.operationId);
-    if (last.size) await this.opts.wake([...last].map(([vmId, operationId]) => ({ vmId, operationId })));
+    const jobs = lastOperationPerVm(rows);
+    if (jobs.length) await this.opts.wake(jobs);
     await this.opts.store.markDispatched(rows.map((r) => r.id));
   }
 

@@ -19,6 +19,18 @@ export function operationJobId(operationId: string): string {
   return `op-${operationId}`;
 }
 
+/**
+ * The jobs for newly recorded operations: one per VM, named by the VM's last operation among
+ * `rows` (a VM's job runs all its operations); rows without a VM have none. The outbox
+ * dispatcher and the API's fast path both call this on the same notifications, so they name
+ * the same jobs and the second add of each changes nothing.
+ */
+export function lastOperationPerVm(rows: Iterable<{ operationId: string; vmId: string | null }>): ExecuteOperationJob[] {
+  const last = new Map<string, string>();
+  for (const r of rows) if (r.vmId) last.set(r.vmId, r.operationId);
+  return [...last].map(([vmId, operationId]) => ({ vmId, operationId }));
+}
+
 /** How an operation's job is retried and kept, wherever it is enqueued from. */
 export const OPERATION_JOB_OPTIONS = { attempts: 6, backoff: { type: 'exponential' as const, delay: 500 }, removeOnComplete: 1000, removeOnFail: 1000 };
 
