@@ -384,9 +384,9 @@ async function main(): Promise<void> {
     const hotPg = await pgRun(HOT_CLIENTS, () => 'hot-pg');
     results.push({ scenario: 'one hot pool', clients: HOT_CLIENTS, api: hotApi, pg: hotPg });
     console.log(`# ${SPREAD_POOLS} pools: ${SPREAD_CLIENTS} clients`);
-    const statements = PG_STATEMENTS ? await statementsSince(pg.url, 'the 100-pool API run') : undefined;
+    const statements = PG_STATEMENTS ? await statementsSince(pg.url, 'the 100-pool API run', 'allocation') : undefined;
     const spreadApi = await apiRun('spread', SPREAD_CLIENTS, spreadPool(''));
-    if (statements) console.log((await statements(spreadApi.allocations)).join('\n').replace('per operation', 'per allocation'));
+    if (statements) console.log((await statements(spreadApi.allocations)).join('\n'));
     const spreadPg = await pgRun(SPREAD_CLIENTS, spreadPool('-pg'));
     results.push({ scenario: `${SPREAD_POOLS} pools`, clients: SPREAD_CLIENTS, api: spreadApi, pg: spreadPg });
     client.close();

@@ -3,8 +3,8 @@ import { Client } from 'pg';
 /** Postgres settings that make pg_stat_statements record every statement, nested ones and planning included. */
 export const PG_STATEMENTS_SETTINGS = { shared_preload_libraries: 'pg_stat_statements', 'pg_stat_statements.track': 'all', 'pg_stat_statements.track_planning': 'on' };
 
-/** Resets pg_stat_statements now; the returned function prints what ran since, per operation. */
-export async function statementsSince(databaseUrl: string, during = 'the drain'): Promise<(operations: number) => Promise<string[]>> {
+/** Resets pg_stat_statements now; the returned function prints what ran since, per `unit` (the count it is given). */
+export async function statementsSince(databaseUrl: string, during = 'the drain', unit = 'operation'): Promise<(operations: number) => Promise<string[]>> {
   const db = new Client({ connectionString: databaseUrl });
   await db.connect();
   await db.query('create extension if not exists pg_stat_statements');
@@ -16,7 +16,7 @@ export async function statementsSince(databaseUrl: string, during = 'the drain')
     );
     await db.end();
     return [
-      `     Postgres statements during ${during} (pg_stat_statements; nested = run inside a statement above; time includes lock waits), per operation:`,
+      `     Postgres statements during ${during} (pg_stat_statements; nested = run inside a statement above; time includes lock waits), per ${unit}:`,
       `        calls/op    ms/op  plans/op plan ms/op  level   statement`,
       ...r.rows.map(
         (x) => `     ${(Number(x.calls) / operations).toFixed(2).padStart(10)} ${(x.ms / operations).toFixed(3).padStart(8)} ${(Number(x.plans) / operations).toFixed(2).padStart(9)} ${(x.planMs / operations).toFixed(3).padStart(10)}  ${x.toplevel ? 'top   ' : 'nested'}  ${x.query.slice(0, 140)}`,
