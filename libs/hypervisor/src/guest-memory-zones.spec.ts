@@ -145,7 +145,12 @@ describe('guest memory zones (shell protocol)', () => {
 
   it('fails loudly when the guest script fails or skips a block', async () => {
     await assert.rejects(readBlockZones(fakeAgent('', 127), [1]), (e: unknown) => e instanceof DomainError && e.reason === 'GUEST_EXEC_FAILED');
-    await assert.rejects(readBlockZones(fakeAgent('1|absent||\n'), [1, 2]), /printed nothing for memory2/);
+    await assert.rejects(readBlockZones(fakeAgent('1|absent||\n'), [1, 2]), /printed nothing for memory2; it printed "1\|absent\|\|"/);
+    await assert.rejects(onlineBlocksInZone(fakeAgent(''), [42], 'online_movable'), (e: unknown) => {
+      assert.ok(e instanceof DomainError && e.reason === 'GUEST_EXEC_FAILED');
+      assert.match(e.message, /^online_movable memory blocks: the guest script printed nothing for memory42; it printed "\(nothing\)"$/);
+      return true;
+    });
     await assert.rejects(readBlockZones(fakeAgent(''), [-1]), (e: unknown) => e instanceof DomainError && e.code === 'INVALID_ARGUMENT');
   });
 });

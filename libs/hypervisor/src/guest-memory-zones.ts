@@ -169,7 +169,14 @@ export function parseScriptLines(stdout: string): Map<number, ScriptLine> {
   return out;
 }
 
-async function runScript(qga: QgaChannel, what: string, script: string, args: readonly string[], timeoutS = GUEST_SCRIPT_TIMEOUT_S): Promise<Map<number, ScriptLine>> {
+/** A script's parsed lines, and what it printed. */
+interface ScriptOutput {
+  lines: Map<number, ScriptLine>;
+  stdout: string;
+  stderr: string;
+}
+
+async function runScript(qga: QgaChannel, what: string, script: string, args: readonly string[], timeoutS = GUEST_SCRIPT_TIMEOUT_S): Promise<ScriptOutput> {
   // The guest kills the script itself, so nothing is left running there; the agent is given
   // a little longer to report that than the script has.
   const r = await qga.exec('timeout', ['-s', 'KILL', String(timeoutS), 'sh', '-c', script, 'sh', ...args], { timeoutMs: (timeoutS + 15) * 1000 });
@@ -185,13 +192,17 @@ async function runScript(qga: QgaChannel, what: string, script: string, args: re
       stderr: r.stderr.toString('utf8').slice(0, 2000),
     });
   }
-  return parseScriptLines(stdout);
+  return { lines: parseScriptLines(stdout), stdout, stderr: r.stderr.toString('utf8') };
 }
 
-function missingLine(what: string, physIndex: number, stdout: Map<number, ScriptLine>): DomainError {
-  return new DomainError('INTERNAL', 'GUEST_EXEC_FAILED', `${what}: the guest script printed nothing for memory${physIndex}`, [], {
+function missingLine(what: string, physIndex: number, out: ScriptOutput): DomainError {
+  // What the guest printed goes with the error: a missing line has no known cause yet (seen once in bench:ops).
+  const printed = out.stdout.trim() || '(nothing)';
+  return new DomainError('INTERNAL', 'GUEST_EXEC_FAILED', `${what}: the guest script printed nothing for memory${physIndex}; it printed ${JSON.stringify(printed.slice(0, 300))}`, [], {
     physIndex: String(physIndex),
-    lines: String(stdout.size),
+    lines: String(out.lines.size),
+    stdout: out.stdout.slice(0, 2000),
+    stderr: out.stderr.slice(0, 2000),
   });
 }
 
@@ -214,10 +225,10 @@ export async function onlineBlocksInZone(
   checkBlockIndexes(physIndexes);
   if (physIndexes.length === 0) return [];
   const what = `${type} memory blocks`;
-  const lines = await runScript(qga, what, ONLINE_SCRIPT, [type, ...physIndexes.map(String)]);
+  const out = await runScript(qga, what, ONLINE_SCRIPT, [type, ...physIndexes.map(String)]);
   return physIndexes.map((physIndex): GuestMemoryBlockResponse => {
-    const line = lines.get(physIndex);
-    if (!line) throw missingLine(what, physIndex, lines);
+    const line = out.lines.get(physIndex);
+    if (!line) throw missingLine(what, physIndex, out);
     switch (line.status) {
       case 'not-found':
         return { physIndex, response: 'not-found', message: `memory${physIndex} does not exist in the guest` };
@@ -257,10 +268,10 @@ export async function offlineBlocks(qga: QgaChannel, physIndexes: readonly numbe
   checkBlockIndexes(physIndexes);
   if (physIndexes.length === 0) return [];
   const what = 'offline memory blocks';
-  const lines = await runScript(qga, what, OFFLINE_SCRIPT, [String(blockTimeoutS), ...physIndexes.map(String)], physIndexes.length * blockTimeoutS + 15);
+  const out = await runScript(qga, what, OFFLINE_SCRIPT, [String(blockTimeoutS), ...physIndexes.map(String)], physIndexes.length * blockTimeoutS + 15);
   return physIndexes.map((physIndex): GuestMemoryBlockResponse => {
-    const line = lines.get(physIndex);
-    if (!line) throw missingLine(what, physIndex, lines);
+    const line = out.lines.get(physIndex);
+    if (!line) throw missingLine(what, physIndex, out);
     switch (line.status) {
       case 'ok':
       case 'already':
@@ -339,10 +350,10 @@ export async function readBlockZones(qga: QgaChannel, physIndexes: readonly numb
     if (byFile) return byFile;
   }
   const what = 'read memory block zones';
-  const lines = await runScript(qga, what, ZONES_SCRIPT, physIndexes.map(String));
+  const out = await runScript(qga, what, ZONES_SCRIPT, physIndexes.map(String));
   return physIndexes.map((physIndex): GuestMemoryBlockZone => {
-    const line = lines.get(physIndex);
-    if (!line) throw missingLine(what, physIndex, lines);
+    const line = out.lines.get(physIndex);
+    if (!line) throw missingLine(what, physIndex, out);
     if (line.status !== 'present') return { physIndex, present: false, online: false };
     return zoneOf(physIndex, line.a, line.b);
   });
