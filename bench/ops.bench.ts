@@ -2,7 +2,7 @@
  * Operations benchmark (not a test): what the control plane adds to a hotplug operation.
  *
  *   npm run bench:ops                          (after a build)
- *   node dist/bench/ops.bench.js [--iterations 10] [--queue-ops 1000] [--queue-vms 16] [--concurrency 16] [--end-claim-batch 32] [--end-claim-in-flight 2] [--skip-guest] [--skip-queue]
+ *   node dist/bench/ops.bench.js [--iterations 100] [--queue-ops 1000] [--queue-vms 16] [--concurrency 16] [--end-claim-batch 32] [--end-claim-in-flight 2] [--skip-guest] [--skip-queue]
  *                                [--observe events|poll] [--aa] [--trace] [--profile-drain FILE.cpuprofile] [--profile-guest FILE.cpuprofile] [--pg-statements]
  *
  * 1. Queue machinery alone: Postgres, the outbox, BullMQ and the real executor, with the
@@ -24,7 +24,8 @@
  *    so each row also prints a bootstrap interval of how far the control plane's p99 is past
  *    the target's allowance, and --aa runs the bare script in both columns (an A/A run): what
  *    the comparison reads when nothing differs. With 30 iterations an A/A run read +152 ms
- *    "added" at p99 on one row; use 100 iterations for a reading (about 6 minutes).
+ *    "added" at p99 on one row; hence 100 iterations by default (about 6 minutes), where
+ *    p99 is the 2nd slowest sample and an A/A run read between −13 and +120 ms (the shrink).
 
  * It starts its own embedded Postgres and redis-server under .cache/bench-ops-<pid>, the API
  * and the worker in this process. Targets (issue): the control plane adds at most 10 %, or at
@@ -55,7 +56,7 @@ const opt = (name: string, dflt: number) => {
   const i = args.indexOf(`--${name}`);
   return i >= 0 ? Number(args[i + 1]) : dflt;
 };
-const ITERATIONS = opt('iterations', 10);
+const ITERATIONS = opt('iterations', 100);
 const QUEUE_OPS = opt('queue-ops', 1000);
 const QUEUE_VMS = opt('queue-vms', DEFAULT_WORKER_CONCURRENCY);
 /** The worker's concurrency: its default, with one VM per slot. */
