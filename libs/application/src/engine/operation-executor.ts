@@ -178,7 +178,7 @@ export class OperationExecutor {
 
   /**
    * The observation a group operation starts from, read while Postgres claims the operation
-   * instead of after (about 5 ms sooner at its first step, bench:ops). The caller holds the
+   * instead of after it (the three reads take ~5 ms in bench:ops, the claim 3-7). The caller holds the
    * VM's lock, so nobody else's operation or drift check is touching QEMU or the guest: what
    * is read now is what would be read a few milliseconds later, save what QEMU and the guest
    * do on their own, which a run re-reads anyway. Only for a QEMU this worker is attached to
